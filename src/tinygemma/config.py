@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import types
 import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable
@@ -162,7 +163,7 @@ def did_you_mean(name: str, choices) -> str:
 
 def _parse_value(raw: str, typ: Any, key: str) -> Any:
     origin = typing.get_origin(typ)
-    if origin is typing.Union or str(origin) == "types.UnionType":
+    if origin is typing.Union or origin is types.UnionType:
         args = [a for a in typing.get_args(typ) if a is not type(None)]
         if raw.lower() in ("none", "null"):
             return None
@@ -214,3 +215,91 @@ def apply_overrides(cfg: Any, assignments: list[str] | None) -> Any:
     for a in assignments or []:
         apply_override(cfg, a)
     return cfg
+
+
+# ---------------------------------------------------------------- training (train.py)
+
+
+@dataclass
+class TrainConfig:
+    """Everything `tinygemma train` needs; `--set key=value` and `--config FILE` set these fields.
+
+    `model` is resolved at start from `preset` and the tokenizer's vocab size (meta.json) unless
+    given; `--set model.hidden_size=128` changes one field of it. Intervals count optimizer steps.
+    """
+
+    data_dir: str = "data/processed_datasets"
+    out_dir: str = "data/models"
+    preset: str = "small"
+    model: ModelConfig | None = None
+    # batch: tokens per optimizer step = batch_size * block_size * grad_accum (summed over ranks)
+    batch_size: int = 16  # sequences per micro-batch, global (divided by the number of ranks)
+    block_size: int = 256
+    grad_accum: int = 1
+    # stop conditions: the first one reached ends the run
+    max_iters: int = 2000
+    max_tokens: int | None = None
+    max_time: float | None = None  # seconds of training (resumed runs count from their restart)
+    patience: int | None = None  # stop after this many evals without a better val loss
+    # optimizer and schedule: AdamW, linear warmup then cosine decay to min_lr at lr_decay_iters
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_iters: int = 100
+    lr_decay_iters: int | None = None  # None -> max_iters
+    weight_decay: float = 0.1  # matrices only (not norms)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 disables clipping (the norm is still logged)
+    # evaluation, checkpoints, logging
+    eval_interval: int = 100
+    eval_windows: int = 64  # fixed validation windows of block_size, chosen once, spread over the split
+    checkpoint_interval: int = 100  # last.pt every N steps (and at exit)
+    log_interval: int = 10
+    sample_every_eval: bool = False  # print one generated line at each eval
+    sample_prompt: str = "Once upon a time"
+    sample_tokens: int = 40
+    tensorboard: bool = False
+    wandb_project: str | None = None
+    # runtime
+    seed: int = 1337
+    device: str = "auto"  # auto | cpu | cuda | mps (auto: cuda, then mps, then cpu)
+    dtype: str = "auto"  # auto (bf16 autocast on cuda, fp32 elsewhere) | float32 | bfloat16
+    compile: bool | None = None  # None -> the measured default for the device (docs/TRAINING.md)
+    fsdp: bool = False
+    resume: bool = False
+    init_from: str | None = None  # a model folder whose weights start this run
+    force: bool = False  # resume even if the model config or the data changed
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("batch_size", "block_size", "grad_accum", "max_iters", "eval_interval", "eval_windows",
+                     "checkpoint_interval", "log_interval"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be positive")
+        if self.lr <= 0 or self.min_lr < 0:
+            problems.append("lr must be positive and min_lr not negative")
+        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
+            problems.append(f"device {self.device!r} is not one of auto, cpu, cuda, mps")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            problems.append(f"dtype {self.dtype!r} is not one of auto, float32, bfloat16")
+        if self.patience is not None and self.patience <= 0:
+            problems.append("patience must be positive (or unset)")
+        if isinstance(self.model, dict):
+            self.model = ModelConfig.from_dict(self.model)
+        if problems:
+            raise TinyGemmaError("invalid train config: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["model"] = self.model.to_dict() if self.model is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """Build from a dict (a TOML/YAML file or config.json["train"]); unknown keys get close matches."""
+        names = [f.name for f in fields(cls)]
+        for key in d:
+            if key not in names:
+                raise TinyGemmaError(f"unknown train config key {key!r}{did_you_mean(key, names)}")
+        return cls(**d)

@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tinygemma.config import SLIDING, ModelConfig
+from tinygemma.loss import linear_cross_entropy
 
 
 class RMSNorm(nn.Module):
@@ -158,8 +159,11 @@ class Gemma3Model(nn.Module):
             self._mask_cache[key] = (diff >= 0) & (diff < W)
         return self._mask_cache[key]
 
-    def forward(self, input_ids, targets=None, *, cache=None, positions=None):
-        """input_ids (B, T) -> logits (B, T, V) and the mean cross-entropy loss if `targets` given.
+    def forward(self, input_ids, targets=None, *, cache=None, positions=None, return_logits=False):
+        """input_ids (B, T) -> (logits (B, T, V), None); with `targets` -> (None, mean cross-entropy).
+
+        With targets the loss is computed chunk-wise without the full logits (loss.py), so the
+        logits slot is None; pass return_logits=True to get both (the plain, memory-hungry way).
 
         With `cache` (a KVCache), `positions` (B, T) gives each token's position in its own
         row; -1 marks left padding. Targets equal to -1 are ignored by the loss.
@@ -183,6 +187,9 @@ class Gemma3Model(nn.Module):
             cos, sin = rope[layer.is_sliding]
             x = layer(x, cos, sin, masks[layer.is_sliding], None if cache is None else cache.layers[i])
         x = self.norm(x)
+        if targets is not None and not return_logits:
+            # chunked head + loss: never materialises the (B*T, V) logits (see loss.py)
+            return None, linear_cross_entropy(x, self.embed_tokens.weight, targets)
         logits = F.linear(x, self.embed_tokens.weight)  # tied LM head
         loss = None
         if targets is not None:

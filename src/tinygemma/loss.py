@@ -1,0 +1,82 @@
+"""Cross-entropy of a tied LM head without materialising the (N, V) logits.
+
+At tinygemma's sizes the vocabulary head dominates a training step: with GPT-2's
+50,257 tokens and 4,096 positions the fp32 logits are 0.8 GB, and the textbook
+`F.cross_entropy(logits.float(), ...)` keeps the logits, an fp32 copy, the
+log-softmax and their gradients alive at once. `linear_cross_entropy` walks the rows
+in chunks instead: for each chunk it computes the logits, the loss and, in the same
+pass, the gradient w.r.t. the hidden states and the head weight
+(d loss / d logits = softmax - one_hot, divided by the number of counted targets).
+Backward then only scales the stored gradients by the incoming gradient, so peak
+memory holds one (chunk, V) block instead of several (N, V) ones.
+
+The result equals `F.cross_entropy(F.linear(x, w).float(), targets, ignore_index=-1)`
+(mean over targets != -1); tests/unit/test_loss.py checks the loss and both gradients.
+"""
+
+from __future__ import annotations
+
+import torch
+
+IGNORE_INDEX = -1
+
+
+def _chunk_rows(n_rows: int, vocab: int, budget_bytes: int = 64 * 2**20) -> int:
+    """Rows per chunk so that one fp32 (rows, V) block stays within `budget_bytes`."""
+    return max(1, min(n_rows, budget_bytes // (4 * vocab)))
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int):
+        # x (N, C), weight (V, C), targets (N,) int64
+        N = x.size(0)
+        valid = targets != IGNORE_INDEX
+        n_valid = valid.sum()
+        acc = torch.promote_types(x.dtype, torch.float32)  # fp32, or fp64 in tests
+        scale = 1.0 / n_valid.clamp(min=1).to(acc)
+        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        total = torch.zeros((), dtype=acc, device=x.device)
+        grad_x = torch.empty_like(x) if needs_grad else None
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=x.device) if needs_grad else None
+        for start in range(0, N, chunk):
+            xs, ts, vs = x[start : start + chunk], targets[start : start + chunk], valid[start : start + chunk]
+            logits = (xs @ weight.t()).to(acc)  # (n, V): the only vocab-wide block alive
+            lse = torch.logsumexp(logits, dim=-1)  # (n,)
+            safe_t = ts.clamp(min=0)
+            target_logit = logits.gather(1, safe_t[:, None]).squeeze(1)
+            total += torch.where(vs, lse - target_logit, 0.0).sum()
+            if not needs_grad:
+                continue
+            # d loss / d logits, in place: softmax - one_hot, zeroed on ignored rows, times 1/n_valid
+            probs = logits.sub_(lse[:, None]).exp_()
+            probs.scatter_add_(1, safe_t[:, None], torch.full_like(lse[:, None], -1.0))
+            probs.mul_((vs.to(acc) * scale)[:, None])
+            g = probs.to(x.dtype)
+            grad_x[start : start + chunk] = g @ weight
+            if g.dtype == acc and xs.dtype == acc:
+                grad_w.addmm_(g.t(), xs)  # no (V, C) temporary on the full-precision path
+            else:
+                grad_w += (g.t() @ xs).to(acc)  # bf16 matmul (autocast), fp32 accumulation
+        ctx.save_for_backward(grad_x, grad_w.to(weight.dtype) if needs_grad else None)
+        # all targets ignored -> nan, as F.cross_entropy
+        return total / n_valid.to(acc)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        grad_x, grad_w = ctx.saved_tensors
+        gx = grad_x * grad_out.to(grad_x.dtype) if ctx.needs_input_grad[0] else None
+        gw = grad_w * grad_out.to(grad_w.dtype) if ctx.needs_input_grad[1] else None
+        return gx, gw, None, None
+
+
+def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int | None = None):
+    """Mean cross-entropy of `x @ weight.T` against `targets` (-1 = ignored), chunked over rows.
+
+    x (..., C) hidden states, weight (V, C) the (tied) head, targets (...) int64. Returns a scalar.
+    """
+    x2 = x.reshape(-1, x.size(-1))
+    t2 = targets.reshape(-1)
+    if chunk is None:
+        chunk = _chunk_rows(x2.size(0), weight.size(0))
+    return _LinearCrossEntropy.apply(x2, weight, t2, chunk)

@@ -1,0 +1,56 @@
+"""The chunked linear cross-entropy equals F.cross_entropy on full logits: loss and both gradients."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tinygemma.loss import linear_cross_entropy
+from tinygemma.model import Gemma3Model
+
+
+def _reference(x, w, t):
+    return F.cross_entropy(F.linear(x, w).to(torch.promote_types(x.dtype, torch.float32)), t, ignore_index=-1)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, None])
+def test_matches_cross_entropy_forward_and_backward(chunk):
+    x = torch.randn(37, 16, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(101, 16, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(101, (37,))
+    t[3] = t[20] = -1  # ignored positions do not count in the mean
+    ref = _reference(x, w, t)
+    gx, gw = torch.autograd.grad(ref * 2.5, (x, w))  # a non-unit upstream gradient
+    ours = linear_cross_entropy(x, w, t, chunk=chunk)
+    ox, ow = torch.autograd.grad(ours * 2.5, (x, w))
+    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(ox, gx, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(ow, gw, rtol=1e-6, atol=1e-9)
+
+
+def test_all_ignored_is_nan_like_cross_entropy():
+    x, w = torch.randn(4, 8), torch.randn(10, 8)
+    t = torch.full((4,), -1)
+    assert torch.isnan(linear_cross_entropy(x, w, t)) and torch.isnan(_reference(x, w, t))
+
+
+def test_model_loss_and_grads_equal_full_logit_path(tiny_cfg):
+    model = Gemma3Model(tiny_cfg)
+    x = torch.randint(tiny_cfg.vocab_size, (2, 12))
+    y = torch.randint(tiny_cfg.vocab_size, (2, 12))
+    logits, fast = model(x, y)
+    assert logits is None
+    fast_grads = torch.autograd.grad(fast, list(model.parameters()))
+    full_logits, slow = model(x, y, return_logits=True)
+    assert full_logits.shape == (2, 12, tiny_cfg.vocab_size)
+    slow_grads = torch.autograd.grad(slow, list(model.parameters()))
+    torch.testing.assert_close(fast, slow, rtol=1e-6, atol=1e-6)
+    for a, b in zip(fast_grads, slow_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_inference_logits_unchanged(tiny_cfg):
+    model = Gemma3Model(tiny_cfg).eval()
+    x = torch.randint(tiny_cfg.vocab_size, (1, 5))
+    logits, loss = model(x)
+    assert loss is None
+    torch.testing.assert_close(logits, model(x, x, return_logits=True)[0])
