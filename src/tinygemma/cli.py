@@ -15,13 +15,60 @@ from tinygemma.errors import TinyGemmaError
 
 # ---------------------------------------------------------------- prepare / data (data.py)
 def add_prepare(sub) -> None:
-    p = sub.add_parser("prepare", help="tokenise text into train.bin / validation.bin + meta.json")
-    p.set_defaults(func=lambda a: _todo("prepare"))
+    p = sub.add_parser("prepare", help="tokenise text into train.bin / validation.bin + meta.json",
+                       description="Tokenise a text source into OUT/train.bin, OUT/validation.bin and OUT/meta.json "
+                                   "(see docs/DATA.md). Re-running with the same inputs and settings does nothing.")
+    p.add_argument("--source", default="hf:roneneldan/TinyStories",
+                   help="hf:NAME, builtin, a .txt/.jsonl/.json/.parquet file, a directory or a glob (default: %(default)s)")
+    p.add_argument("--val-source", default=None, help="separate validation source (default: the source's own "
+                   "validation split, else --val-fraction of its documents)")
+    p.add_argument("--tokenizer", default="gpt2", help="gpt2, gemma3, bpe:N (trained here) or a tokenizer.json path")
+    p.add_argument("--out", default="data/processed_datasets", help="output folder (default: %(default)s)")
+    p.add_argument("--num-proc", type=int, default=None, help="worker processes (default: all cores)")
+    p.add_argument("--text-field", default="text", help="field/column with the text in .jsonl/.json/.parquet/hf")
+    p.add_argument("--doc-split", default="blank", help="text files: documents separated by 'blank' lines "
+                   "(default), one per 'line', or by a literal string such as '<|endoftext|>'")
+    p.add_argument("--one-doc-per-line", dest="doc_split", action="store_const", const="line",
+                   help="same as --doc-split line")
+    p.add_argument("--val-fraction", type=float, default=0.01, help="documents held out when there is no "
+                   "validation source (default: %(default)s)")
+    p.add_argument("--builtin-mb", type=float, default=20.0, help="builtin source: MB of train text (default: %(default)s)")
+    p.add_argument("--builtin-val-mb", type=float, default=1.0, help="builtin source: MB of validation text")
+    p.add_argument("--seed", type=int, default=0, help="builtin source: story seed (validation uses seed+1)")
+    p.add_argument("--bpe-train-mb", type=float, default=200.0, help="bpe:N: MB of training text to learn merges from")
+    p.add_argument("--force", action="store_true", help="rebuild even if the output is up to date")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show a progress bar (default: when stderr is a terminal)")
+
+    def run(a) -> int:
+        from tinygemma.data import prepare
+
+        prepare(a.source, val_source=a.val_source, tokenizer=a.tokenizer, out=a.out, num_proc=a.num_proc,
+                text_field=a.text_field, doc_split=a.doc_split, val_fraction=a.val_fraction, builtin_mb=a.builtin_mb,
+                builtin_val_mb=a.builtin_val_mb, seed=a.seed, bpe_train_mb=a.bpe_train_mb, force=a.force,
+                progress=a.progress)
+        return 0
+
+    p.set_defaults(func=run)
 
 
 def add_data(sub) -> None:
     p = sub.add_parser("data", help="inspect prepared data")
-    p.set_defaults(func=lambda a: _todo("data"))
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    i = dsub.add_parser("inspect", help="stats from meta.json and a few decoded random windows")
+    i.add_argument("--data-dir", default="data/processed_datasets", help="folder with meta.json (default: %(default)s)")
+    i.add_argument("--windows", type=int, default=3, help="random windows to decode (default: %(default)s)")
+    i.add_argument("--length", type=int, default=64, help="tokens per window (default: %(default)s)")
+    i.add_argument("--seed", type=int, default=None, help="seed for the windows (default: random)")
+    i.add_argument("--verify", action="store_true", help="also check each .bin's sha256 and token ids")
+
+    def run(a) -> int:
+        from tinygemma.data import inspect
+
+        print(inspect(a.data_dir, windows=a.windows, length=a.length, seed=a.seed, verify=a.verify))
+        return 0
+
+    i.set_defaults(func=run)
 
 
 # ---------------------------------------------------------------- train (train.py)

@@ -1,0 +1,299 @@
+"""Reading text sources as a stream of small, picklable tasks that workers turn into documents.
+
+A source is `hf:NAME`, `builtin`, a file (.txt/.md, .jsonl, .json, .parquet; other
+suffixes are read as text), a directory (every such file under it, sorted) or a glob.
+
+Files are read in blocks of ~`chunk_bytes` cut just after a document separator, so a
+task never splits a document and the documents are the same for every chunk size and
+every number of workers. Parsing (UTF-8 decoding, splitting, JSON) happens in the
+worker that encodes the task; the reading process only moves bytes.
+
+Documents are stripped of leading/trailing whitespace; empty ones are dropped.
+Undecodable bytes are replaced by U+FFFD and counted (meta.json `replaced_chars`).
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+from tinygemma.errors import TinyGemmaError
+
+TEXT_SUFFIXES = {".txt", ".text", ".md"}
+JSONL_SUFFIXES = {".jsonl", ".ndjson"}
+KNOWN_SUFFIXES = TEXT_SUFFIXES | JSONL_SUFFIXES | {".json", ".parquet"}
+BLANK_LINES = re.compile(r"\n\s*\n")  # one or more blank (whitespace-only) lines
+SPLITS = ("train", "validation")
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """How documents are read; part of the settings hash that makes re-runs no-ops."""
+
+    text_field: str = "text"  # .jsonl/.json/.parquet/hf column holding the text
+    doc_split: str = "blank"  # text files: "blank" lines, one doc per "line", or a literal separator
+    builtin_mb: float = 20.0  # size of the builtin train split (validation: builtin_val_mb)
+    builtin_val_mb: float = 1.0
+    seed: int = 0  # builtin corpus seed (validation uses seed + 1)
+    chunk_bytes: int = 1 << 20  # ~text per task; not part of the output (any value gives the same bytes)
+
+    def settings(self) -> dict:
+        d = asdict(self)
+        d.pop("chunk_bytes")
+        return d
+
+
+# A task is ("text", bytes, doc_split) | ("jsonl", bytes, field, origin) | ("docs", list[str]).
+Task = tuple
+
+
+def parse_task(task: Task) -> tuple[list[str], int]:
+    """Task -> (documents, number of undecodable byte sequences replaced)."""
+    kind = task[0]
+    if kind == "docs":
+        return task[1], 0
+    text, replaced = decode_utf8(task[1])
+    if kind == "text":
+        return split_documents(text, task[2]), replaced
+    if kind == "jsonl":
+        docs = [_field(json_line(line, task[3]), task[2], task[3]) for line in text.split("\n") if line.strip()]
+        return [d.strip() for d in docs if d.strip()], replaced
+    raise ValueError(f"unknown task kind {kind!r}")
+
+
+def decode_utf8(raw: bytes) -> tuple[str, int]:
+    try:
+        return raw.decode("utf-8"), 0
+    except UnicodeDecodeError:
+        text = raw.decode("utf-8", errors="replace")
+        return text, text.count("\ufffd") - raw.count("\ufffd".encode())
+
+
+def split_documents(text: str, doc_split: str) -> list[str]:
+    if doc_split == "blank":
+        parts = BLANK_LINES.split(text)
+    elif doc_split == "line":
+        parts = text.split("\n")
+    else:
+        parts = text.split(doc_split)
+    return [p.strip() for p in parts if p and not p.isspace()]
+
+
+def json_line(line: str, origin: str):
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise TinyGemmaError(f"{origin}: invalid JSON line ({e.msg}): {line[:60]!r}") from None
+
+
+def _field(record, field: str, origin: str) -> str:
+    if isinstance(record, str):
+        return record
+    if not isinstance(record, dict) or field not in record:
+        keys = sorted(record)[:8] if isinstance(record, dict) else type(record).__name__
+        raise TinyGemmaError(f"{origin}: a record has no text field {field!r} (it has {keys}); "
+                             "pass --text-field NAME")
+    value = record[field]
+    if not isinstance(value, str):
+        raise TinyGemmaError(f"{origin}: field {field!r} holds {type(value).__name__}, not text; pass --text-field NAME")
+    return value
+
+
+# ---------------------------------------------------------------- resolving a source
+def resolve_files(source: str) -> list[Path]:
+    """A file, directory or glob -> the sorted list of files it names."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in KNOWN_SUFFIXES
+                       and not p.name.startswith("."))
+    elif any(c in source for c in "*?["):
+        files = sorted(Path(p) for p in glob.glob(os.path.expanduser(source), recursive=True) if Path(p).is_file())
+    else:
+        raise TinyGemmaError(f"source {source!r} not found: give a file, directory, glob, hf:NAME or builtin")
+    if not files:
+        raise TinyGemmaError(f"source {source!r} has no .txt/.jsonl/.json/.parquet files")
+    return files
+
+
+def describe_inputs(source: str, opts: SourceOptions) -> list:
+    """What identifies a source's content cheaply (file path, size, mtime): for the no-op check."""
+    if source == "builtin":
+        import tinygemma.corpus as corpus
+
+        return ["builtin", hashlib.sha256(Path(corpus.__file__).read_bytes()).hexdigest()]
+    if source.startswith("hf:"):
+        return [source]
+    return [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in resolve_files(source)]
+
+
+def has_validation(source: str) -> bool:
+    """Whether the source brings its own validation split (else prepare holds out documents)."""
+    if source == "builtin":
+        return True
+    if source.startswith("hf:"):
+        return "validation" in _hf_split_names(source[3:])
+    return False
+
+
+def iter_tasks(source: str, split: str, opts: SourceOptions) -> Iterator[Task]:
+    """Tasks for one split of a source (`split` matters only for hf: and builtin)."""
+    if source == "builtin":
+        yield from _builtin_tasks(split, opts)
+    elif source.startswith("hf:"):
+        yield from _hf_tasks(source[3:], split, opts)
+    else:
+        for path in resolve_files(source):
+            yield from _file_tasks(path, opts)
+
+
+def iter_documents(source: str, split: str, opts: SourceOptions) -> Iterator[str]:
+    """The documents of a source, read sequentially in this process (BPE training, tests)."""
+    for task in iter_tasks(source, split, opts):
+        yield from parse_task(task)[0]
+
+
+def source_bytes(source: str) -> int | None:
+    """Total input size for the progress bar, when it is known."""
+    if source == "builtin" or source.startswith("hf:"):
+        return None
+    return sum(p.stat().st_size for p in resolve_files(source))
+
+
+# ---------------------------------------------------------------- files
+def _file_tasks(path: Path, opts: SourceOptions) -> Iterator[Task]:
+    suffix = path.suffix.lower()
+    if suffix in JSONL_SUFFIXES or (suffix == ".json" and not _starts_with(path, b"[")):
+        for block in _blocks(path, opts.chunk_bytes, [b"\n"]):
+            yield ("jsonl", block, opts.text_field, str(path))
+    elif suffix == ".json":
+        yield from _json_array_tasks(path, opts)
+    elif suffix == ".parquet":
+        yield from _parquet_tasks(path, opts)
+    else:
+        yield from (("text", b, opts.doc_split) for b in _blocks(path, opts.chunk_bytes, _cuts(opts.doc_split)))
+
+
+def _cuts(doc_split: str) -> list[bytes]:
+    """Byte strings a block may be cut after without changing the documents."""
+    if doc_split == "blank":
+        return [b"\n\n", b"\n\r\n"]  # the cut falls inside a run of blank lines; both sides are stripped
+    if doc_split == "line":
+        return [b"\n"]
+    return [doc_split.encode("utf-8")]
+
+
+def _blocks(path: Path, size: int, cuts: list[bytes]) -> Iterator[bytes]:
+    """~`size`-byte blocks of a file, each ending just after one of `cuts` (or at end of file)."""
+    carry = b""
+    with open(path, "rb") as f:
+        while True:
+            data = f.read(size)
+            if not data:
+                break
+            buf = carry + data
+            end = max((buf.rfind(c) + len(c) if buf.rfind(c) >= 0 else -1) for c in cuts)
+            if end <= 0:  # no separator yet: one long document keeps growing
+                carry = buf
+                continue
+            yield buf[:end]
+            carry = buf[end:]
+    if carry:
+        yield carry
+
+
+def _starts_with(path: Path, prefix: bytes) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    return head.startswith(prefix)
+
+
+def _json_array_tasks(path: Path, opts: SourceOptions) -> Iterator[Task]:
+    """A .json array is read whole (use .jsonl for large data)."""
+    text, _ = decode_utf8(path.read_bytes())
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise TinyGemmaError(f"{path}: invalid JSON ({e}); .json must be an array of records or JSON lines") from None
+    docs = [_field(r, opts.text_field, str(path)) for r in records]
+    yield from _doc_tasks(iter(docs), opts.chunk_bytes)
+
+
+def _parquet_tasks(path: Path, opts: SourceOptions) -> Iterator[Task]:
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    if opts.text_field not in pf.schema_arrow.names:
+        raise TinyGemmaError(f"{path}: no column {opts.text_field!r} (columns: {pf.schema_arrow.names}); "
+                             "pass --text-field NAME")
+    docs = (d for batch in pf.iter_batches(batch_size=1024, columns=[opts.text_field])
+            for d in batch.column(0).to_pylist() if d)
+    yield from _doc_tasks(docs, opts.chunk_bytes)
+
+
+def _doc_tasks(docs: Iterator[str], chunk_bytes: int) -> Iterator[Task]:
+    """Group in-memory documents into tasks of ~chunk_bytes characters."""
+    batch, size = [], 0
+    for doc in docs:
+        doc = doc.strip()
+        if not doc:
+            continue
+        batch.append(doc)
+        size += len(doc)
+        if size >= chunk_bytes:
+            yield ("docs", batch)
+            batch, size = [], 0
+    if batch:
+        yield ("docs", batch)
+
+
+# ---------------------------------------------------------------- builtin and hf
+def _builtin_tasks(split: str, opts: SourceOptions) -> Iterator[Task]:
+    from tinygemma.corpus import iter_stories
+
+    budget = (opts.builtin_mb if split == "train" else opts.builtin_val_mb) * 1e6
+    seed = opts.seed if split == "train" else opts.seed + 1
+
+    def stories() -> Iterator[str]:
+        total = 0
+        for story in iter_stories(seed):
+            if total >= budget:
+                return
+            total += len(story.encode("utf-8"))
+            yield story
+
+    yield from _doc_tasks(stories(), opts.chunk_bytes)
+
+
+def _hf_split_names(name: str) -> list[str]:
+    try:
+        import datasets
+
+        return list(datasets.get_dataset_split_names(name))
+    except Exception as e:
+        msg = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise TinyGemmaError(f"cannot reach Hugging Face dataset {name!r} ({msg}); when offline use a local "
+                             "file (--source train.txt) or --source builtin") from None
+
+
+def _hf_tasks(name: str, split: str, opts: SourceOptions) -> Iterator[Task]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, split=split)
+    except Exception as e:
+        msg = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise TinyGemmaError(f"cannot load split {split!r} of Hugging Face dataset {name!r} ({msg}); "
+                             "when offline use a local file or --source builtin") from None
+    if opts.text_field not in ds.column_names:
+        raise TinyGemmaError(f"hf:{name} has no column {opts.text_field!r} (columns: {ds.column_names}); "
+                             "pass --text-field NAME")
+    docs = (d for batch in ds.iter(batch_size=1000) for d in batch[opts.text_field] if d)
+    yield from _doc_tasks(docs, opts.chunk_bytes)

