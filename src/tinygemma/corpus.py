@@ -35,19 +35,21 @@ Paragraph = list[Beat]
 # ---------------------------------------------------------------- the cast and the world
 GIRLS = ("Lily Mia Emma Sara Lucy Anna Zoe Ella Rosa Amy Kate Nina Ruby Maya Sophie Chloe "
          "Grace Hannah Julia Lena Molly Ivy Jenny Clara Tara Leah Nora Eva Amira Priya Mei "
-         "Aisha Sofia Wendy Polly Hazel Rita Susie Bella Elsa").split()
+         "Aisha Sofia Wendy Polly Hazel Rita Susie Bella Elsa Lola Jade Alice Rose Kim Lucia Fatima Yuki Ada Iris").split()
 BOYS = ("Tom Ben Max Sam Leo Jack Tim Finn Noah Luke Jake Oscar Theo Hugo Kai Omar Ravi Ken "
         "Dan Eli Adam Milo Owen Ryan Alex Jamal Leon Pablo Felix Toby Henry Mark Peter Billy "
-        "Joe Nick Rex Ali Arlo Ian").split()
+        "Joe Nick Rex Ali Arlo Ian Carlos Sami Jonah Luca Marco Paul Ivan Tariq Hiro Zack").split()
 PET_NAMES = ("Pip Spot Fluffy Coco Sunny Buddy Hoppy Whiskers Patch Button Pebble Dot Bubbles "
              "Nibbles Ziggy Biscuit Muffin Peanut Sparky Tiny Snowy Rusty Pudding Toffee Maple "
-             "Bramble Poppy Clover Bobo Fuzzy Chip Honey Jelly Mossy Twig").split()
+             "Bramble Poppy Clover Bobo Fuzzy Chip Honey Jelly Mossy Twig Sprout Cricket Pickles Waffles Goldie Acorn Blue Inky").split()
 ANIMALS = ("cat dog bunny bird fox bear duck mouse frog puppy kitten owl pig lamb squirrel "
            "turtle elephant hedgehog penguin monkey lion giraffe goat chick deer otter panda "
-           "koala raccoon hippo").split()
+           "koala raccoon hippo rabbit hamster zebra tiger kangaroo beaver seal badger mole robin "
+           "parrot swan").split()
 KID_ADJ = ("little", "little", "small", "young", "happy little", "sweet little")
 ANIMAL_ADJ = ("little", "small", "fluffy", "tiny", "young", "brown", "gray", "friendly", "little")
-TRAITS = ("kind", "curious", "cheerful", "playful", "gentle", "clever", "friendly", "happy",
+TRAITS = ("brave", "helpful", "polite", "smart", "thoughtful", "caring", "silly", "energetic", "adventurous",
+          "kind", "curious", "cheerful", "playful", "gentle", "clever", "friendly", "happy",
           "busy", "funny", "sweet", "lively")
 GIVERS = ("grandma", "grandpa", "aunt", "uncle", "mom", "dad", "big sister", "big brother")
 GROWNUPS = (("mom", "she"), ("mom", "she"), ("dad", "he"), ("dad", "he"),
@@ -64,39 +66,52 @@ ACTIVITIES = (
     ("play in the sand", "playing in the sand"), ("paint with bright colors", "painting with bright colors"),
     ("tell funny jokes", "telling funny jokes"), ("count the clouds", "counting the clouds"),
     ("play ball", "playing ball"), ("help in the kitchen", "helping in the kitchen"),
-    ("watch the birds", "watching the birds"),
+    ("watch the birds", "watching the birds"), ("ride on the swings", "riding on the swings"),
+    ("feed the ducks", "feeding the ducks"), ("play the piano", "playing the piano"),
+    ("blow bubbles", "blowing bubbles"), ("make mud pies", "making mud pies"),
+    ("fly paper planes", "flying paper planes"), ("play dress up", "playing dress up"),
+    ("collect pretty leaves", "collecting pretty leaves"), ("jump on the bed", "jumping on the bed"),
 )
 # (name, "in the ..." phrase, plural details seen there)
 PLACES = (
-    ("the park", "in the park", ("tall trees", "big swings", "green grass", "yellow ducks", "long benches")),
+    ("the park", "in the park", ("tall trees", "big swings", "green hedges", "yellow ducks", "long benches")),
     ("the garden", "in the garden", ("bright flowers", "busy bees", "red tomatoes", "tall sunflowers", "little snails")),
-    ("the forest", "in the forest", ("tall trees", "soft moss", "tiny mushrooms", "singing birds", "big rocks")),
-    ("the beach", "at the beach", ("soft sand", "big waves", "pretty shells", "white birds", "little crabs")),
-    ("the farm", "on the farm", ("happy cows", "fat pigs", "a lot of hay", "little chicks", "red apples")),
-    ("the meadow", "in the meadow", ("wild flowers", "tall grass", "hopping rabbits", "white butterflies", "small bushes")),
+    ("the forest", "in the forest", ("tall trees", "mossy logs", "tiny mushrooms", "singing birds", "big rocks")),
+    ("the beach", "at the beach", ("sand dunes", "big waves", "pretty shells", "white birds", "little crabs")),
+    ("the farm", "on the farm", ("happy cows", "fat pigs", "hay bales", "little chicks", "red apples")),
+    ("the meadow", "in the meadow", ("wild flowers", "buzzing bees", "hopping rabbits", "white butterflies", "small bushes")),
     ("the playground", "at the playground", ("big slides", "red swings", "happy children", "sandboxes", "climbing bars")),
     ("the backyard", "in the backyard", ("green bushes", "pretty flowers", "old toys", "tall fences", "little birds")),
-    ("the lake", "by the lake", ("blue water", "green frogs", "white swans", "smooth stones", "tall reeds")),
-    ("the hill", "on the hill", ("soft grass", "little flowers", "big clouds", "grazing sheep", "old trees")),
+    ("the lake", "by the lake", ("little islands", "green frogs", "white swans", "smooth stones", "tall reeds")),
+    ("the hill", "on the hill", ("big rocks", "little flowers", "big clouds", "grazing sheep", "old trees")),
     ("the river", "by the river", ("shiny fish", "round stones", "green frogs", "tall reeds", "little boats")),
+    ("the orchard", "in the orchard", ("apple trees", "ripe pears", "buzzing bees", "wooden ladders", "fallen apples")),
+    ("the pond", "by the pond", ("lily pads", "croaking frogs", "blue dragonflies", "tall cattails", "little fish")),
+    ("the field", "in the field", ("hay bales", "red poppies", "field mice", "tall sunflowers", "old scarecrows")),
+    ("the village square", "in the village square", ("busy shops", "flower pots", "old benches", "market stalls", "fat pigeons")),
     ("the woods", "in the woods", ("old trees", "fallen leaves", "little paths", "quiet birds", "soft ferns")),
 )
-OBJECTS = ("red ball", "blue kite", "teddy bear", "toy train", "shiny marble", "yellow hat",
-           "picture book", "wooden boat", "orange crayon", "little drum", "pink ribbon",
-           "silver bell", "stuffed bunny", "purple scarf", "toy robot", "green car",
-           "soft blanket", "music box", "rubber duck", "star sticker", "paper crown",
-           "toy horse", "little doll", "blue bucket", "striped sock", "magic wand")
+OBJECT_ADJ = ("red", "blue", "green", "yellow", "purple", "orange", "pink", "white", "golden", "silver",
+              "little", "shiny", "tiny", "striped", "spotted", "brown")
+OBJECT_NOUNS = ("ball", "kite", "teddy bear", "toy train", "marble", "hat", "picture book", "toy boat",
+                "crayon", "drum", "ribbon", "bell", "stuffed bunny", "scarf", "toy robot", "toy car",
+                "blanket", "music box", "rubber duck", "paper crown", "toy horse", "doll", "bucket",
+                "magic wand", "umbrella", "whistle", "yo-yo", "spinning top", "toy truck", "backpack")
 SNACKS = ("big cookie", "juicy orange", "piece of cake", "sweet pear", "red apple",
-          "warm muffin", "banana", "honey sandwich", "bag of grapes", "chocolate bar")
+          "warm muffin", "banana", "honey sandwich", "bag of grapes", "chocolate bar", "cupcake",
+          "slice of watermelon", "peach", "cheese sandwich", "bowl of berries", "plum")
 SPOTS = ("under a bush", "behind a big rock", "in the tall grass", "near the old tree",
          "under a pile of leaves", "next to the bench", "by the gate", "inside a hollow log",
-         "under a big leaf", "behind the shed", "near the little pond", "in a flower bed")
+         "under a big leaf", "behind the shed", "near the little pond", "in a flower bed",
+         "behind a tree stump", "under a wooden bridge", "next to a sleeping cat")
 JUNK = ("an old shoe", "a big stick", "a little bug", "some acorns", "a lost button",
-        "a sleepy snail", "a shiny can", "an empty box", "a round pebble", "a bird feather")
-GOOD = ("happy", "glad", "very happy", "so happy", "happy and proud", "full of joy")
-BAD = ("sad", "very sad", "upset", "worried", "so sad")
+        "a sleepy snail", "a shiny can", "an empty box", "a round pebble", "a bird feather",
+        "a broken toy", "a tiny worm", "an acorn cap", "a piece of string")
+GOOD = ("happy", "glad", "very happy", "so happy", "happy and proud", "full of joy", "delighted", "cheerful")
+BAD = ("sad", "very sad", "upset", "worried", "so sad", "unhappy", "gloomy", "miserable")
 DAYS = ("One day", "One day", "One morning", "One afternoon", "One sunny day", "One bright morning",
-        "Early one morning", "One warm day", "One Saturday", "One spring day")
+        "Early one morning", "One warm day", "One Saturday", "One spring day",
+        "One fine morning", "One quiet afternoon", "One Sunday", "Last week")
 WEATHER = ("The sun was shining and the sky was blue.", "The birds were singing in the trees.",
            "It was a warm and sunny day.", "A soft wind was blowing.",
            "There were fluffy white clouds in the sky.", "The air was fresh and cool.", "", "", "")
@@ -141,7 +156,7 @@ def _context(rng: random.Random) -> dict[str, str]:
     d1, d2 = rng.sample(details, 2)
     act, acting = rng.choice(ACTIVITIES)
     s1, s2, s3 = rng.sample(SPOTS, 3)
-    obj, snack = rng.choice(OBJECTS), rng.choice(SNACKS)
+    obj, snack = f"{rng.choice(OBJECT_ADJ)} {rng.choice(OBJECT_NOUNS)}", rng.choice(SNACKS)
     ctx.update(place=place, in_place=in_place, detail1=d1, detail2=d2, act=act, acting=acting,
                obj=obj, a_obj=_a(obj), snack=snack, a_snack=_a(snack), spot1=s1, spot2=s2, spot3=s3,
                junk=rng.choice(JUNK), giver=rng.choice(GIVERS), trait=rng.choice(TRAITS),
@@ -159,6 +174,8 @@ INTRO: Paragraph = [
     ("{He} was {trait} and loved to {act}.", "{name} loved to {act} more than anything.",
      "{His} favorite thing to do was {acting}.", "Every day, {name} liked {acting}.",
      "{He} was {a_trait} {kind}, and {he} loved {acting}."),
+    ("", "", "", "{He} had a big smile and a kind heart.", "Everyone who knew {name} liked {him}.",
+     "{He} had bright eyes and a happy laugh."),
 ]
 GLAD: Beat = ("{name} felt {good}.", "{name} smiled a big smile.", "{name} was {good}.", "")
 WEATHER_BEAT: Beat = ("{weather}",)
@@ -234,6 +251,12 @@ FEARS = (  # (what, how it starts, the brave try, how it ends)
     ("climbing the tall tree", "All the other children climbed the tall tree in the yard, but {name} stayed on the ground.",
      "{name} put {his} foot on the lowest branch. Then {he} reached for the next one, and the next one.",
      "Soon {he} was sitting high in the tree, looking at the whole town."),
+    ("the doctor", "{name} had to go to the doctor, and {he} did not want to go.",
+     "The doctor had a big smile and a funny tie. The doctor listened to {name}'s heart and gave {him} a sticker.",
+     "Going to the doctor was not so bad after all!"),
+    ("the big waves", "At the beach, the big waves crashed on the sand, and {name} ran away from them.",
+     "{name} held {his} {parent}'s hand and stepped into the water. A little wave tickled {his} toes.",
+     "Soon {he} was jumping over the small waves and laughing."),
     ("the first day of school", "{name} was going to a new school, and {his} tummy felt funny.",
      "{name} walked into the classroom. A kind teacher smiled at {him} and showed {him} a seat by the window.",
      "By lunch time, {name} had made two new friends."),
@@ -292,6 +315,9 @@ PROBLEMS = (  # (what {name} sees, how {he} helps, the thanks)
     ("{He} saw an old woman carrying a heavy basket. She was walking very slowly.",
      "\"Can I help you?\" asked {name}. {He} held one side of the basket, and together they carried it all the way to her door.",
      "The old woman smiled and gave {name} a warm cookie. \"You have a kind heart,\" she said."),
+    ("{He} saw a little puppy with its leg stuck in a fence. It was whining and could not get free.",
+     "{name} held the fence apart very gently, and the puppy pulled its leg out.",
+     "The puppy licked {name}'s face and wagged its tail."),
     ("{He} saw a little ladybug in a puddle. It was trying to get out, but it could not.",
      "{name} found a leaf and held it out. The ladybug climbed onto the leaf, and {name} put it down on the dry grass.",
      "The ladybug opened its red wings and flew away into the sunshine."),
@@ -310,9 +336,9 @@ TRIPS = (  # (place, things seen there)
     ("the zoo", ("tall giraffes", "big gray elephants", "noisy monkeys", "sleepy lions", "pink flamingos")),
     ("the beach", ("big blue waves", "white shells", "little crabs", "tall sand castles", "flying seagulls")),
     ("the farm", ("brown cows", "fluffy sheep", "little piglets", "red tractors", "big haystacks")),
-    ("the mountains", ("tall pine trees", "cold streams", "white snow on the tops", "wild goats", "big rocks")),
-    ("the city", ("tall buildings", "busy buses", "a big fountain", "bright lights", "many shops")),
-    ("the big lake", ("white sails", "jumping fish", "quiet swans", "a long wooden dock", "green hills")),
+    ("the mountains", ("tall pine trees", "cold streams", "snowy peaks", "wild goats", "big rocks")),
+    ("the city", ("tall buildings", "busy buses", "big fountains", "bright lights", "many shops")),
+    ("the big lake", ("white sails", "jumping fish", "quiet swans", "wooden docks", "green hills")),
 )
 TRAVEL = ("by car", "by train", "on a big bus", "on a little boat", "on their bikes")
 TRIP: list[Paragraph] = [
@@ -346,6 +372,10 @@ MISTAKES = (  # (what happened, whose thing: parent "p" or friend "f", how they 
      "Then {name} helped {fname} build a new sand castle, even bigger than before."),
     ("{day}, {name} borrowed {fname}'s {obj} without asking and lost it in the grass.", "f",
      "They looked for the {obj} together, and at last they found it {spot1}."),
+    ("{day}, {name} ate the last cookie in the jar, even though it was for {his} {parent}.", "p",
+     "Together, they baked a new batch of cookies, and {name} saved the biggest one for {his} {parent}."),
+    ("{day}, {name} was grumpy and said something mean to {fname}.", "f",
+     "Then they played together, and soon they were laughing again."),
     ("{day}, {name} was drawing and got paint all over {his} {parent}'s letter.", "p",
      "Together, they wrote a new letter, and {name} drew a flower on it to make it pretty."),
 )
@@ -372,7 +402,7 @@ PROJECTS = (  # (the plan, how it goes, what goes wrong, the second try, the hap
      "But the first cake came out of the oven flat and burnt on top.",
      "They mixed a new cake, and this time {name} watched the clock very carefully.",
      "The new cake was tall and soft, and the whole family ate it together."),
-    ("It had snowed all night, and {name} wanted to build a big snowman.",
+    ("{name} woke up to find snow everywhere, and {he} wanted to build a big snowman.",
      "{He} rolled a big ball of snow for the body and a smaller one for the head.",
      "But every time {he} put the head on top, it fell off and broke.",
      "{fname} came to help. Together they packed the snow tight and pressed the head down hard.",
@@ -409,6 +439,10 @@ SKILLS = (  # (skill, a failed try, the success)
      "{He} swung the rope and jumped, once, twice, ten times in a row!"),
     ("fly a kite", "{He} ran with the kite, but it bumped on the ground and would not go up.",
      "{He} ran into the wind and let the string go little by little. The kite rose high into the sky!"),
+    ("swim", "{He} jumped into the water, but {he} sank and came up coughing.",
+     "{He} kicked {his} legs and moved {his} arms, and {he} swam all the way across the pool!"),
+    ("count to one hundred", "{He} started to count, but after twenty {he} always forgot what came next.",
+     "{He} counted all the way to one hundred without a single mistake!"),
     ("read a whole book", "{He} opened the book, but the words were long and hard.",
      "{He} read the whole book, page by page, all by {self}!"),
 )
@@ -427,8 +461,8 @@ LEARN: list[Paragraph] = [
 ]
 GROW: list[Paragraph] = [
     INTRO,
-    [("{day}, {his} {parent} gave {name} a little seed.", "{day}, {name} found a little seed {in_place}."),
-     ("\"If you take care of it, it will grow,\" said {his} {parent}.", ""),
+    [("{day}, {his} {parent} gave {name} a little seed. \"If you take care of it, it will grow,\" {phe} said.",
+      "{day}, {his} {parent} gave {name} a little seed.", "{day}, {name} found a little seed {in_place}."),
      ("{name} planted the seed in a pot of soil and put it by the window.", "{name} planted the seed in the garden and patted the soil.")],
     [("Every day, {name} gave the seed some water.", "Every morning, {name} watered the seed and said, \"Good morning, little seed!\""),
      ("But nothing happened.", "But the soil stayed brown and bare."),
@@ -438,6 +472,67 @@ GROW: list[Paragraph] = [
      ("Then one morning, {he} saw a tiny green leaf poking out of the soil!",),
      ("Day by day, the plant grew taller, and soon it had a big {color} flower.",), GLAD,
      ("{name} learned that good things come to those who wait.", "{name} learned that taking care of something helps it grow.")],
+]
+GIFTS = (  # (the idea, making it, giving it)
+    ("pick the prettiest flowers {in_place}", "{He} found red ones, yellow ones and white ones, and tied them with a ribbon.",
+     "{name} gave {whom} the flowers."),
+    ("draw a picture of the two of them", "{He} drew two smiling faces under a big yellow sun, and {he} colored it very carefully.",
+     "{name} gave {whom} the picture."),
+    ("sing a special song", "{He} practiced the song again and again, until {he} knew every word.",
+     "{name} sang the song for {whom}."),
+    ("make a paper crown", "{He} cut the paper, glued on shiny stickers and drew stars all around it.",
+     "{name} put the crown on {whom}'s head."),
+    ("collect the shiniest stones {in_place}", "{He} washed the stones and put them in a little box.",
+     "{name} gave {whom} the box of stones."),
+)
+SURPRISE: list[Paragraph] = [
+    INTRO,
+    [("{day}, {name} remembered that it was {whom}'s birthday.", "{day}, {name} found out that tomorrow was {whom}'s birthday."),
+     ("{He} wanted to give {wreceiver} a surprise.", "{name} wanted to make {wreceiver} very happy."),
+     ("But {he} did not have any money to buy a present.", "But what could {he} give?")],
+    [("{name} thought and thought.", "{name} sat down and thought very hard."),
+     ("Then {he} had an idea! {He} would {idea}.",), ("{making}",),
+     ("{He} hid it so it would be a surprise.", "{He} kept it a secret the whole day.", "")],
+    [("{giving} \"Happy birthday!\" {he} said.",), ("{Whom} was so surprised!", "{Whom}'s eyes grew big.", ""),
+     ("\"This is the best present ever,\" said {whom}, and {whe} gave {name} a big hug.",
+      "\"Thank you, {name}. I love it!\" said {whom}."),
+     ("{name} learned that the best presents come from the heart.",
+      "{name} felt warm inside. Giving made {him} just as happy as getting.", "")],
+]
+RAINY: list[Paragraph] = [
+    INTRO,
+    [("{day}, {name} wanted to go out and play {in_place}.", "{day}, {name} woke up and wanted to go to {place}."),
+     ("But when {he} looked out the window, it was raining.", "But it was raining hard, and the sky was dark and gray."),
+     ("\"I can't go outside,\" said {name}. \"This is the worst day.\"", "{name} pressed {his} nose to the window and sighed."),
+     ("{He} felt {bad}.", "")],
+    [("Then {his} {parent} had an idea.", "Just then, {his} {parent} came in with a smile."),
+     ("\"Let's build a fort!\" {phe} said. They put blankets over two chairs and crawled inside with a flashlight.",
+      "\"Let's have a picnic on the floor!\" {phe} said. They put a blanket on the floor and ate sandwiches and fruit.",
+      "\"Let's make music!\" {phe} said. They banged on pots and pans and sang loud songs.",
+      "\"Let's bake some bread!\" {phe} said. They mixed and kneaded, and soon the house smelled warm and sweet.",
+      "\"Let's put on a puppet show!\" {phe} said. They made puppets out of old socks and told a funny story."),
+     ("{name} laughed and laughed.", "{name} forgot all about the rain.", "It was so much fun!")],
+    [("When the rain stopped, the sun came out.", "Later, the rain stopped and the clouds went away."),
+     ("{name} ran outside and jumped in the big puddles. Splash!", "There was a big rainbow in the sky.",
+      "{name} put on {his} boots and went out to splash in the puddles."),
+     ("{name} learned that a rainy day can be a happy day too.", "{name} learned that you can have fun on any day.", "")],
+]
+RACE: list[Paragraph] = [
+    INTRO,
+    [("{day}, there was a big race {in_place}.", "{day}, all the children and animals met {in_place} for a race."),
+     ("{name} and {fname} both wanted to win.", "{name} wanted to win more than anything."),
+     ("\"Ready, set, go!\" shouted {his} {parent}.", "\"One, two, three, go!\" called an old owl.")],
+    [("{name} ran as fast as {he} could.", "{name} ran and ran, and soon {he} was in front."),
+     ("Then {he} heard a cry behind {him}.", "Then {he} looked back."),
+     ("{fname} had tripped over a root and fallen down.", "{fname} had slipped in the mud and hurt {fhis} leg."),
+     ("{He} could win the race, but {his} friend needed help.", "{name} stopped. {His} friend needed help."),
+     ("{name} ran back and helped {fname} up.", "{name} turned around and helped {fname} stand up.")],
+    [("They walked to the finish line together, side by side.", "They crossed the finish line together, holding hands."),
+     ("They did not win the race, but everyone clapped and cheered for them.",
+      "They came last, but everyone cheered the loudest for them."),
+     ("\"Thank you for helping me,\" said {fname}.", "\"You are a true friend,\" said {fname}."),
+     ("{name} learned that helping a friend is better than winning.",
+      "{name} felt proud. Being kind was better than being first.", "")],
 ]
 FLOWER_COLORS = ("red", "yellow", "pink", "purple", "orange", "white", "blue")
 
@@ -488,6 +583,16 @@ def _setup_grow(rng: random.Random, ctx: dict[str, str]) -> None:
     ctx["color"] = rng.choice(FLOWER_COLORS)
 
 
+def _setup_surprise(rng: random.Random, ctx: dict[str, str]) -> None:
+    idea, making, giving = rng.choice(GIFTS)
+    who = rng.choice("pf")  # a birthday of the grown-up ("her mom") or of the friend ("Ben")
+    whom = "{his} {parent}" if who == "p" else ctx["fname"]
+    ctx["whe"] = ctx[who + "he"]
+    _fill(ctx, whom=whom, Whom="{His} {parent}" if who == "p" else whom,
+          wreceiver="{his} {parent}" if who == "p" else "{fhim}")
+    _fill(ctx, idea=idea, making=making, giving=giving)
+
+
 def _no_setup(rng: random.Random, ctx: dict[str, str]) -> None:
     pass
 
@@ -495,8 +600,12 @@ def _no_setup(rng: random.Random, ctx: dict[str, str]) -> None:
 PLOTS = (
     (LOST, _no_setup), (FRIEND, _no_setup), (FEAR, _setup_fear), (SHARE, _no_setup), (HELP, _setup_help),
     (TRIP, _setup_trip), (SORRY, _setup_sorry), (MAKE, _setup_make), (LEARN, _setup_learn), (GROW, _setup_grow),
+    (SURPRISE, _setup_surprise), (RAINY, _no_setup), (RACE, _no_setup),
 )
 
+
+CLOSE: Beat = ("", "", "", "", "", "It was a very good day.", "That night, {name} went to sleep with a big smile.",
+               "{name} would always remember that day.", "It was a day {name} would never forget.")
 
 # ---------------------------------------------------------------- public API
 def story(index: int, seed: int = 0) -> str:
@@ -509,6 +618,8 @@ def story(index: int, seed: int = 0) -> str:
     for paragraph in paragraphs:
         sentences = (t.format_map(ctx) for t in map(rng.choice, paragraph))
         out.append(" ".join(s for s in sentences if s))  # "" = a skipped beat
+    if ending := rng.choice(CLOSE).format_map(ctx):
+        out[-1] += " " + ending
     return "\n".join(out)
 
 

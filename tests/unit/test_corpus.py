@@ -66,6 +66,7 @@ def test_grammar_sanity(first_1000):
         assert "  " not in text and " ," not in text and " ." not in text
         assert text.count('"') % 2 == 0
         assert not re.search(r"[.!?] [a-z]", text), text
+        assert not re.search(r", (It|The|He|She|They|There|But|Then|One|A|An|When|So|His|Her)\b", text), text
         assert set(re.findall(r'[.!?,]" ([a-z]+)', text)) <= SPEECH_TAGS, text
         for sentence in sentences(text):
             assert sentence[0].isupper() or (sentence[0] == '"' and sentence[1].isupper()), sentence
