@@ -306,7 +306,7 @@ PROBLEMS = (  # (what {name} sees, how {he} helps, the thanks)
     ("{He} saw an old man drop his bag. Red apples rolled all over the path.",
      "{name} ran over and picked up the apples, one by one, and put them back in the bag.",
      "\"Thank you, little one,\" said the old man. He gave {name} the shiniest apple."),
-    ("{He} saw {fname} fall down and hurt {fhis} knee. {fHe} began to cry.",
+    ("{He} saw {his} friend {fname} fall down and hurt {fhis} knee. {fHe} began to cry.",
      "{name} sat down next to {fname} and held {fhis} hand. Then {he} helped {fhim} walk home, where {fhis} mom put a bandage on the knee.",
      "\"Thank you for helping me,\" said {fname} with a small smile."),
     ("{He} saw a little duckling all alone. It was crying because it could not find its mother.",
@@ -488,7 +488,7 @@ GIFTS = (  # (the idea, making it, giving it)
 SURPRISE: list[Paragraph] = [
     INTRO,
     [("{day}, {name} remembered that it was {whom}'s birthday.", "{day}, {name} found out that tomorrow was {whom}'s birthday."),
-     ("{He} wanted to give {wreceiver} a surprise.", "{name} wanted to make {wreceiver} very happy."),
+     ("{He} wanted to give {whom} a surprise.", "{name} wanted to make {whom} very happy."),
      ("But {he} did not have any money to buy a present.", "But what could {he} give?")],
     [("{name} thought and thought.", "{name} sat down and thought very hard."),
      ("Then {he} had an idea! {He} would {idea}.",), ("{making}",),
@@ -524,7 +524,8 @@ RACE: list[Paragraph] = [
      ("\"Ready, set, go!\" shouted {his} {parent}.", "\"One, two, three, go!\" called an old owl.")],
     [("{name} ran as fast as {he} could.", "{name} ran and ran, and soon {he} was in front."),
      ("Then {he} heard a cry behind {him}.", "Then {he} looked back."),
-     ("{fname} had tripped over a root and fallen down.", "{fname} had slipped in the mud and hurt {fhis} leg."),
+     ("{His} friend {fname} had tripped over a root and fallen down.",
+      "{His} friend {fname} had slipped in the mud and hurt {fhis} leg."),
      ("{He} could win the race, but {his} friend needed help.", "{name} stopped. {His} friend needed help."),
      ("{name} ran back and helped {fname} up.", "{name} turned around and helped {fname} stand up.")],
     [("They walked to the finish line together, side by side.", "They crossed the finish line together, holding hands."),
@@ -588,8 +589,7 @@ def _setup_surprise(rng: random.Random, ctx: dict[str, str]) -> None:
     who = rng.choice("pf")  # a birthday of the grown-up ("her mom") or of the friend ("Ben")
     whom = "{his} {parent}" if who == "p" else ctx["fname"]
     ctx["whe"] = ctx[who + "he"]
-    _fill(ctx, whom=whom, Whom="{His} {parent}" if who == "p" else whom,
-          wreceiver="{his} {parent}" if who == "p" else "{fhim}")
+    _fill(ctx, whom=whom, Whom="{His} {parent}" if who == "p" else whom)
     _fill(ctx, idea=idea, making=making, giving=giving)
 
 
