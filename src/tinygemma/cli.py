@@ -73,8 +73,52 @@ def add_data(sub) -> None:
 
 # ---------------------------------------------------------------- train (train.py)
 def add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a model on prepared data")
-    p.set_defaults(func=lambda a: _todo("train"))
+    p = sub.add_parser(
+        "train", help="train a model on prepared data",
+        description="Train a Gemma 3 model on data from `tinygemma prepare`. Settings come from --preset, then "
+                    "--config FILE, then --set key=value, then the flags below (later wins). Every TrainConfig "
+                    "field (docs/TRAINING.md) can be set with --set, e.g. --set lr=3e-4 --set model.n_layers=4. "
+                    "Under `torchrun --nproc_per_node=N -m tinygemma train ...` it runs DDP (or FSDP2 with --fsdp).",
+    )
+    p.add_argument("--preset", help="model shape: tiny, mini, small, medium, gemma3-270m (default small)")
+    p.add_argument("--config", metavar="FILE", help="TOML (or YAML, if pyyaml is installed) file of TrainConfig "
+                   "fields; a [model] table overrides model fields")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
+                   help="override one config field, typed (repeatable): lr=3e-4, batch_size=32, model.hidden_size=128")
+    p.add_argument("--data-dir", help="prepared data folder (default data/processed_datasets)")
+    p.add_argument("--out-dir", help="where best_model_params.pt, last.pt, config.json, metrics.jsonl and "
+                   "loss.png go (default data/models)")
+    p.add_argument("--max-iters", type=int, help="stop after this many optimizer steps (default 2000)")
+    p.add_argument("--max-tokens", type=float, help="stop after this many training tokens (e.g. 5e6)")
+    p.add_argument("--max-time", type=float, metavar="SECONDS", help="stop after this many seconds of training")
+    p.add_argument("--patience", type=int, metavar="N", help="early stopping: stop after N evals without a better val loss")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its last.pt, exactly")
+    p.add_argument("--init-from", metavar="DIR", help="start from the weights of a model folder (a fresh run otherwise)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the model (default: on for CUDA, off for CPU/MPS, as measured)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="auto (default): cuda, then mps, then cpu")
+    p.add_argument("--fsdp", action="store_true", help="shard with FSDP2 (fully_shard per block, then the root)")
+    p.add_argument("--dry-run", action="store_true", help="print parameters, FLOPs/token and a memory estimate, then exit")
+    p.add_argument("--force", action="store_true", help="overwrite a run in --out-dir, or resume despite a changed "
+                   "model config or data")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+
+    def run(a) -> int:
+        from tinygemma.train import dry_run, resolve_config, train
+
+        flags = {"data_dir": a.data_dir, "out_dir": a.out_dir, "max_iters": a.max_iters,
+                 "max_tokens": int(a.max_tokens) if a.max_tokens is not None else None, "max_time": a.max_time,
+                 "patience": a.patience, "init_from": a.init_from, "compile": a.compile, "device": a.device,
+                 "resume": a.resume or None, "fsdp": a.fsdp or None, "force": a.force or None,
+                 "progress": False if a.no_progress else None}
+        cfg = resolve_config(a.preset, a.config, a.sets, {k: v for k, v in flags.items() if v is not None})
+        if a.dry_run:
+            print(dry_run(cfg))
+            return 0
+        train(cfg)
+        return 0
+
+    p.set_defaults(func=run)
 
 
 # ---------------------------------------------------------------- generate / eval / export (generate.py, evaluate.py, hf.py)

@@ -1,0 +1,149 @@
+"""The training loop in-process on tiny synthetic data: schedule, exact resume, NaN guard, refusals."""
+
+import hashlib
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tinygemma import checkpoint
+from tinygemma.config import TrainConfig, tiny
+from tinygemma.data import FORMAT_VERSION
+from tinygemma.errors import TinyGemmaError
+from tinygemma.model import Gemma3Model
+from tinygemma.train import build_optimizer, fixed_val_windows, lr_at, resolve_config, train
+
+
+def make_data(folder, vocab=256, n_train=8000, n_val=2000, seed=0):
+    """train.bin / validation.bin / meta.json in data.py's format: a learnable pattern plus 20% noise."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    meta = {"format_version": FORMAT_VERSION, "dtype": "uint16",
+            "tokenizer": {"name": "synthetic", "fingerprint": f"synthetic-{vocab}", "vocab_size": vocab,
+                          "eot_id": 0, "bos_id": None}}
+    for split, n in (("train", n_train), ("validation", n_val)):
+        ids = np.where(rng.random(n) < 0.2, rng.integers(0, vocab, n), (np.arange(n) * 7) % vocab).astype(np.uint16)
+        ids.tofile(folder / f"{split}.bin")
+        meta[split] = {"tokens": n, "documents": n // 100, "bytes": 3 * n, "sha256": hashlib.sha256(ids.tobytes()).hexdigest()}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return folder
+
+
+def tiny_run(tmp_path, out="out", **kw):
+    base = dict(data_dir=str(tmp_path / "data"), out_dir=str(tmp_path / out), preset="tiny", batch_size=4,
+                block_size=16, max_iters=6, lr_decay_iters=6, warmup_iters=2, lr=1e-2, eval_interval=3,
+                eval_windows=8, log_interval=1, checkpoint_interval=100, progress=False)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture
+def data(tmp_path):
+    return make_data(tmp_path / "data")
+
+
+def read_metrics(out_dir):
+    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_lr_schedule_warmup_then_cosine_to_min_lr():
+    cfg = TrainConfig(lr=1.0, min_lr=0.1, warmup_iters=10, max_iters=110)
+    assert lr_at(0, cfg) == pytest.approx(0.1)
+    assert lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(60, cfg) == pytest.approx(0.55)  # halfway through the cosine
+    assert lr_at(110, cfg) == pytest.approx(0.1) and lr_at(500, cfg) == pytest.approx(0.1)
+    assert all(lr_at(s, cfg) >= lr_at(s + 1, cfg) for s in range(10, 120))
+
+
+def test_weight_decay_on_matrices_only():
+    model = Gemma3Model(tiny())
+    decay, no_decay = build_optimizer(model, TrainConfig(weight_decay=0.1), torch.device("cpu")).param_groups
+    assert decay["weight_decay"] == 0.1 and all(p.dim() == 2 for p in decay["params"])
+    assert no_decay["weight_decay"] == 0.0 and all(p.dim() == 1 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_validation_windows_are_fixed_and_spread():
+    starts = fixed_val_windows(1000, 16, 8)
+    assert starts[0] == 0 and starts[-1] == 1000 - 17 and len(starts) == 8
+    np.testing.assert_array_equal(starts, fixed_val_windows(1000, 16, 8))
+
+
+def test_run_writes_the_model_folder_and_val_loss_falls(tmp_path, data):
+    summary = train(tiny_run(tmp_path, max_iters=12, lr_decay_iters=12, eval_interval=6))
+    out = tmp_path / "out"
+    for name in ("best_model_params.pt", "last.pt", "config.json", "metrics.jsonl", "loss.png"):
+        assert (out / name).exists(), name
+    model = Gemma3Model(tiny())
+    model.load_state_dict(torch.load(out / "best_model_params.pt"))  # the seed's loading code
+    vals = [r["val_loss"] for r in read_metrics(out) if "val_loss" in r]
+    assert len(vals) == 3 and vals[-1] < vals[0] - 0.1
+    assert summary["best_val_loss"] == pytest.approx(min(vals))
+    assert summary["best_val_bpb"] == pytest.approx(min(vals) / math.log(2) / 3.0)  # 3 bytes per token here
+    rec = read_metrics(out)[-1]
+    for key in ("step", "train_loss", "val_loss", "val_bpb", "lr", "grad_norm", "tokens_seen", "tok_per_s", "mfu",
+                "peak_mem_mb"):
+        assert key in rec, key
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["model"]["hidden_size"] == 64 and saved["train"]["lr"] == 1e-2 and saved["tokenizer"]["vocab_size"] == 256
+
+
+def test_exact_resume_matches_uninterrupted_run(tmp_path, data):
+    straight = train(tiny_run(tmp_path, out="a", max_iters=8, lr_decay_iters=8))["train_losses"]
+    train(tiny_run(tmp_path, out="b", max_iters=5, lr_decay_iters=8))
+    resumed = train(tiny_run(tmp_path, out="b", max_iters=8, lr_decay_iters=8, resume=True))["train_losses"]
+    assert [s for s, _ in resumed] == [6, 7, 8]
+    for (s, a), (_, b) in zip(straight[5:], resumed):
+        assert abs(a - b) <= 1e-6, (s, a, b)
+    # metrics.jsonl of the resumed run holds every step once
+    assert [r["step"] for r in read_metrics(tmp_path / "b") if "train_loss" in r] == list(range(1, 9))
+
+
+def test_nan_loss_stops_with_hint_and_keeps_last_good_checkpoint(tmp_path, data):
+    cfg = tiny_run(tmp_path, lr=1e30, warmup_iters=1, grad_clip=0.0, checkpoint_interval=1, max_iters=50)
+    with pytest.raises(TinyGemmaError, match=r"not finite .* learning rate .* --set lr=") as err:
+        train(cfg)
+    assert "\n" not in str(err.value)
+    state = checkpoint.load_resume(tmp_path / "out")
+    assert state["step"] >= 1
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+
+
+def test_early_stopping_after_patience_evals(tmp_path, data):
+    # lr this small leaves fp32 weights unchanged, so the val loss never improves after step 0
+    summary = train(tiny_run(tmp_path, lr=1e-30, min_lr=0.0, max_iters=100, eval_interval=2, patience=2))
+    assert summary["step"] == 4 and "early stopping" in summary["stop_reason"]
+
+
+def test_resume_refuses_changed_model_or_data_unless_forced(tmp_path, data):
+    train(tiny_run(tmp_path, max_iters=2))
+    bigger = tiny()
+    bigger.n_layers, bigger.layer_types = 3, ()
+    bigger.__post_init__()
+    with pytest.raises(TinyGemmaError, match="model config changed.*n_layers"):
+        train(tiny_run(tmp_path, max_iters=4, resume=True, model=bigger))
+    make_data(tmp_path / "data", seed=1)  # same shape, different tokens
+    with pytest.raises(TinyGemmaError, match="data in --data-dir differs"):
+        train(tiny_run(tmp_path, max_iters=4, resume=True))
+    assert train(tiny_run(tmp_path, max_iters=4, resume=True, force=True))["step"] == 4
+
+
+def test_fresh_run_refuses_to_overwrite_a_run(tmp_path, data):
+    train(tiny_run(tmp_path, max_iters=1))
+    with pytest.raises(TinyGemmaError, match="already holds a run"):
+        train(tiny_run(tmp_path, max_iters=1))
+
+
+def test_resolve_config_layers_file_sets_and_flags(tmp_path, data):
+    cfg_file = tmp_path / "run.toml"
+    cfg_file.write_text('lr = 0.005\nbatch_size = 8\n[model]\nhidden_size = 32\n')
+    cfg = resolve_config("tiny", str(cfg_file), ["batch_size=2", "model.n_layers=4"],
+                         {"data_dir": str(tmp_path / "data"), "max_iters": 7})
+    assert (cfg.lr, cfg.batch_size, cfg.max_iters) == (0.005, 2, 7)
+    assert (cfg.model.hidden_size, cfg.model.n_layers, cfg.model.vocab_size) == (32, 4, 256)
+    with pytest.raises(TinyGemmaError, match="did you mean batch_size"):
+        resolve_config("tiny", None, ["batch_sise=2"], {"data_dir": str(tmp_path / "data")})
+    cfg_file.write_text("[model]\nhiden_size = 3\n")
+    with pytest.raises(TinyGemmaError, match="did you mean hidden_size"):
+        resolve_config("tiny", str(cfg_file), [], {"data_dir": str(tmp_path / "data")})
