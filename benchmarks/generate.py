@@ -1,0 +1,118 @@
+"""Generation speed: tinygemma's KV-cache sampler vs transformers' `model.generate`.
+
+Same weights (random init with non-trivial norms, exported to a Gemma3ForCausalLM),
+greedy, batch 1, a 16-token prompt, 256 new tokens, fp32, CPU threads set by --threads.
+Also our generator without the cache (fewer tokens: it recomputes every prefix).
+
+    flock /tmp/tinygemma-cpu.lock python benchmarks/generate.py [--presets small gemma3-270m]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import torch
+
+from tinygemma.config import model_preset
+from tinygemma.generate import generate_ids
+from tinygemma.hf import to_hf_config, to_hf_state_dict
+from tinygemma.model import Gemma3Model
+
+
+def build_pair(preset: str, vocab_size: int):
+    """Our model and HF's Gemma3ForCausalLM holding the same fp32 weights."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    cfg = model_preset(preset, vocab_size)
+    ours = Gemma3Model(cfg).eval()
+    with torch.no_grad():  # non-zero norms so every weight matters
+        for name, p in ours.named_parameters():
+            if name.endswith("norm.weight"):
+                p.normal_(0.0, 0.3)
+    hf_cfg = {k: v for k, v in to_hf_config(cfg).items() if k not in ("architectures", "model_type", "torch_dtype")}
+    hf = Gemma3ForCausalLM(Gemma3TextConfig(**hf_cfg)).eval()
+    missing, unexpected = hf.load_state_dict(to_hf_state_dict(ours.state_dict()), strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+    hf.tie_weights()
+    assert hf.lm_head.weight.data_ptr() == hf.model.embed_tokens.weight.data_ptr()
+    hf.generation_config.eos_token_id = None
+    hf.generation_config.pad_token_id = cfg.pad_token_id
+    return ours, hf, cfg
+
+
+def time_it(fn, repeats: int) -> tuple[float, object]:
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def bench_preset(preset: str, vocab_size: int, prompt_len: int, new_tokens: int, uncached_tokens: int,
+                 repeats: int) -> list[dict]:
+    ours, hf, cfg = build_pair(preset, vocab_size)
+    prompt = torch.randint(0, vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(0))
+    ids = [prompt[0].tolist()]
+
+    def run_ours():
+        return generate_ids(ours, ids, new_tokens, temperature=0)[0]
+
+    def run_hf():
+        with torch.no_grad():
+            out = hf.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+        return out[0, prompt_len:].tolist()
+
+    def run_uncached():
+        return generate_ids(ours, ids, uncached_tokens, temperature=0, use_cache=False)[0]
+
+    run_ours(), run_hf()  # warm-up (allocator, oneDNN primitives)
+    t_ours, toks_ours = time_it(run_ours, repeats)
+    t_hf, toks_hf = time_it(run_hf, repeats)
+    t_unc, toks_unc = time_it(run_uncached, 1)
+    same = toks_ours == toks_hf
+    match = next((i for i, (a, b) in enumerate(zip(toks_ours, toks_hf)) if a != b), len(toks_ours))
+    assert toks_unc == toks_ours[:uncached_tokens], "cached and uncached greedy tokens differ"
+    hf_tps = new_tokens / t_hf
+    rows = [
+        dict(preset=preset, params=cfg.n_params, impl="tinygemma (KV cache)", tokens=new_tokens,
+             tps=new_tokens / t_ours, ratio=(new_tokens / t_ours) / hf_tps, same=f"{match}/{new_tokens}"),
+        dict(preset=preset, params=cfg.n_params, impl="HF generate (cache)", tokens=new_tokens,
+             tps=hf_tps, ratio=1.0, same="-"),
+        dict(preset=preset, params=cfg.n_params, impl="tinygemma, no cache", tokens=uncached_tokens,
+             tps=uncached_tokens / t_unc, ratio=(uncached_tokens / t_unc) / hf_tps, same="-"),
+    ]
+    for r in rows:
+        print(f"{r['preset']:>12} {r['impl']:<22} {r['tps']:8.1f} tok/s  x{r['ratio']:.2f}", flush=True)
+    print(f"{preset}: greedy tokens identical to HF for {match}/{new_tokens} ({'all' if same else 'diverged'})")
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--presets", nargs="+", default=["small", "gemma3-270m"])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompt-len", type=int, default=16)
+    ap.add_argument("--new-tokens", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    vocab = {"gemma3-270m": 262_144}
+    uncached = {"gemma3-270m": 16}
+    rows = []
+    for preset in args.presets:
+        rows += bench_preset(preset, vocab.get(preset, 50_257), args.prompt_len, args.new_tokens,
+                             uncached.get(preset, 64), args.repeats)
+    print(f"\ntorch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}\n")
+    print("| preset | params | generator | new tokens | tokens/s | vs HF | greedy tokens = HF |")
+    print("|---|---:|---|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['preset']} | {r['params'] / 1e6:.1f}M | {r['impl']} | {r['tokens']} | {r['tps']:.1f} "
+              f"| {r['ratio']:.2f}x | {r['same']} |")
+
+
+if __name__ == "__main__":
+    main()
