@@ -175,10 +175,13 @@ INTRO: Paragraph = [
      "{His} favorite thing to do was {acting}.", "Every day, {name} liked {acting}.",
      "{He} was {a_trait} {kind}, and {he} loved {acting}."),
     ("", "", "", "{He} had a big smile and a kind heart.", "Everyone who knew {name} liked {him}.",
-     "{He} had bright eyes and a happy laugh."),
+     "{He} had bright eyes and a happy laugh.", "{He} always said please and thank you.",
+     "{He} was always full of questions.", "{He} liked to laugh and play all day long."),
 ]
 GLAD: Beat = ("{name} felt {good}.", "{name} smiled a big smile.", "{name} was {good}.", "")
 WEATHER_BEAT: Beat = ("{weather}",)
+FEEL_PLACE: Beat = ("", "", "", "A butterfly flew past {his} nose.", "The wind felt cool on {his} face.",
+                    "{He} hummed a happy song as {he} walked.", "Everything looked bright and beautiful.")
 SEE_PLACE: Beat = ("There were {detail1} and {detail2}.", "{He} saw {detail1} and {detail2}.",
                    "{He} looked at the {detail1} and the {detail2}.", "", "")
 
@@ -188,7 +191,7 @@ LOST: list[Paragraph] = [
               "{name} had {a_obj}. It was {his} favorite thing in the whole world."),
      ("{He} took it everywhere {he} went.", "{He} played with it every day.", "{He} even slept with it at night.", "")],
     [("{day}, {name} went to play {in_place} with {his} {obj}.", "{day}, {name} took {his} {obj} to {place}."),
-     WEATHER_BEAT, SEE_PLACE,
+     WEATHER_BEAT, SEE_PLACE, FEEL_PLACE,
      ("{He} played and played until it was time to go home.", "{He} played for a long time and had lots of fun."),
      ("But when {he} looked down, the {obj} was gone!", "Then {he} saw that {his} {obj} was not there anymore.",
       "When it was time to go home, {name} looked for {his} {obj}. It was gone!"),
@@ -214,7 +217,7 @@ LOST: list[Paragraph] = [
 FRIEND: list[Paragraph] = [
     [*INTRO, ("But {name} did not have many friends.", "{name} was a bit shy, and {he} often played alone.",
               "Sometimes {name} felt lonely, because {he} had no one to play with.")],
-    [("{day}, {name} went to {place}.", "{day}, {name} went for a walk to {place}."), WEATHER_BEAT, SEE_PLACE,
+    [("{day}, {name} went to {place}.", "{day}, {name} went for a walk to {place}."), WEATHER_BEAT, SEE_PLACE, FEEL_PLACE,
      ("There {he} saw {fa_kind} sitting all alone.", "There {he} saw {fa_kind} playing by {fself}.",
       "Near the {detail1}, {he} saw {fa_kind} who looked lonely too."),
      ("{name} wanted to say hello, but {he} felt shy.", "{name} felt a little shy, but {he} walked over slowly.")],
@@ -325,7 +328,7 @@ PROBLEMS = (  # (what {name} sees, how {he} helps, the thanks)
 HELP: list[Paragraph] = [
     [*INTRO, ("{He} always tried to be kind to others.",
               "{His} {parent} always said, \"A kind heart is the best thing to have.\"", "")],
-    [("{day}, {name} was walking {in_place}.", "{day}, {name} went out to play {in_place}."), WEATHER_BEAT, SEE_PLACE,
+    [("{day}, {name} was walking {in_place}.", "{day}, {name} went out to play {in_place}."), WEATHER_BEAT, SEE_PLACE, FEEL_PLACE,
      ("{problem}",)],
     [("{name} wanted to help.", "{name} knew {he} had to help.", "\"Oh no!\" said {name}. \"I must help.\""), ("{helping}",)],
     [("{thanks}",), ("{name} felt warm and happy inside.", "{name} smiled all the way home."),
@@ -535,6 +538,38 @@ RACE: list[Paragraph] = [
      ("{name} learned that helping a friend is better than winning.",
       "{name} felt proud. Being kind was better than being first.", "")],
 ]
+TIDY: list[Paragraph] = [
+    [*INTRO, ("{name} had lots of toys, but {he} never put them away.", "{name}'s room was always a big mess.")],
+    [("{day}, {his} {parent} said, \"{name}, please clean up your room.\"",
+      "{day}, {his} {parent} looked at the messy room and said, \"It is time to tidy up.\""),
+     ("\"But I want to play!\" said {name}.", "\"Cleaning is boring,\" said {name} with a frown."),
+     ("{He} did not clean up. {He} went to play instead.", "So {name} pushed the toys under the bed and went out to play.")],
+    [("That night, {name} wanted {his} {obj}, but {he} could not find it in the mess.",
+      "Later, {name} stepped on a toy block. \"Ouch!\" {he} cried."),
+     ("{name} looked at all the toys on the floor.", ""),
+     ("Maybe cleaning was a good idea after all.", "{He} knew {his} {parent} was right.")],
+    [("{name} made it a game.", "{name} put on some music and began."),
+     ("{He} put the books on the shelf, the cars in the box and the clothes in the basket.",
+      "{He} sang a song while {he} picked up every block and every doll."),
+     ("{He} even found {his} {obj} under a pile of clothes!", ""),
+     ("Soon the room was clean and tidy.", "In no time, the floor was clean."),
+     ("{His} {parent} came in and smiled. \"What a clean room!\" {phe} said.", ""),
+     ("{name} learned that a tidy room makes everything easier.", "{name} learned that cleaning up can be fun too.", "")],
+]
+BEDTIME: list[Paragraph] = [
+    INTRO,
+    [("One night, {name} could not sleep.", "It was late at night, but {name} was wide awake."),
+     ("{He} tossed and turned in {his} bed.", "{He} looked at the ceiling and sighed."),
+     ("{He} got up and looked out the window.",),
+     ("The moon was big and round, and the sky was full of stars.", "A silver moon was shining in the dark sky.")],
+    [("{His} {parent} came in quietly. \"Why are you still awake?\" {phe} asked.",),
+     ("\"I can't sleep,\" said {name}. \"My head is full of thoughts.\"", "\"I am not sleepy at all,\" said {name}."),
+     ("{His} {parent} sat on the bed. \"Let's count the stars together,\" {phe} said.",
+      "{His} {parent} tucked {him} in and sang a soft song about the moon.")],
+    [("Soon {name}'s eyes felt heavy.", "Before long, {name} began to yawn."),
+     ("{He} closed {his} eyes and dreamed of flying up to the moon.", "{He} fell asleep with a smile on {his} face."),
+     ("Good night, {name}.", "")],
+]
 FLOWER_COLORS = ("red", "yellow", "pink", "purple", "orange", "white", "blue")
 
 
@@ -597,15 +632,24 @@ def _no_setup(rng: random.Random, ctx: dict[str, str]) -> None:
     pass
 
 
+CLOSE: Beat = ("", "", "", "", "", "It was a very good day.", "That night, {name} went to sleep with a big smile.",
+               "{name} would always remember that day.", "It was a day {name} would never forget.",
+               "{name} hoped that tomorrow would be just as good.", "It was a happy day for everyone.")
+
+
+def _with_close(plot: list[Paragraph]) -> list[Paragraph]:
+    """The plot with an optional closing line after its last paragraph."""
+    return [*plot[:-1], [*plot[-1], CLOSE]]
+
+
 PLOTS = (
-    (LOST, _no_setup), (FRIEND, _no_setup), (FEAR, _setup_fear), (SHARE, _no_setup), (HELP, _setup_help),
-    (TRIP, _setup_trip), (SORRY, _setup_sorry), (MAKE, _setup_make), (LEARN, _setup_learn), (GROW, _setup_grow),
-    (SURPRISE, _setup_surprise), (RAINY, _no_setup), (RACE, _no_setup),
+    (_with_close(LOST), _no_setup), (_with_close(FRIEND), _no_setup), (_with_close(FEAR), _setup_fear),
+    (_with_close(SHARE), _no_setup), (_with_close(HELP), _setup_help), (_with_close(TRIP), _setup_trip),
+    (_with_close(SORRY), _setup_sorry), (_with_close(MAKE), _setup_make), (_with_close(LEARN), _setup_learn),
+    (_with_close(GROW), _setup_grow), (_with_close(SURPRISE), _setup_surprise), (_with_close(RAINY), _no_setup),
+    (_with_close(RACE), _no_setup), (_with_close(TIDY), _no_setup), (BEDTIME, _no_setup),  # bedtime ends asleep
 )
 
-
-CLOSE: Beat = ("", "", "", "", "", "It was a very good day.", "That night, {name} went to sleep with a big smile.",
-               "{name} would always remember that day.", "It was a day {name} would never forget.")
 
 # ---------------------------------------------------------------- public API
 def story(index: int, seed: int = 0) -> str:
@@ -618,8 +662,6 @@ def story(index: int, seed: int = 0) -> str:
     for paragraph in paragraphs:
         sentences = (t.format_map(ctx) for t in map(rng.choice, paragraph))
         out.append(" ".join(s for s in sentences if s))  # "" = a skipped beat
-    if ending := rng.choice(CLOSE).format_map(ctx):
-        out[-1] += " " + ending
     return "\n".join(out)
 
 
