@@ -8,9 +8,9 @@ Format: each story is one document whose paragraphs are separated by a single "\
 `write_corpus` separates stories by a blank line, the project's document separator in
 .txt files. Text is plain ASCII (straight quotes and apostrophes).
 
-How it works: a story is a plot (lost toy, new friend, fear, sharing, helping, trip,
-mistake and apology, making something, learning a skill, growing a plant) made of
-paragraphs; a paragraph is a list of beats; a beat is a tuple of alternative sentence
+How it works: a story is one of fifteen plots (lost toy, new friend, fear, sharing,
+helping, trip, mistake and apology, making something, learning a skill, growing a plant,
+birthday surprise, rainy day, race, tidying up, bedtime) made of paragraphs; a paragraph is a list of beats; a beat is a tuple of alternative sentence
 templates, one of which is drawn ("" means the beat is skipped). Templates are filled
 from a cast (hero, friend, grown-up with matching pronouns), a place, an object and a
 few feelings. Articles are computed (`_a`), never written before a slot.
@@ -389,8 +389,8 @@ SORRY: list[Paragraph] = [
     [("But {name} knew that telling the truth was the right thing to do.", "But hiding did not feel right."),
      ("{name} went to {victim}. \"I am sorry, {victim_a},\" {he} said. \"It was my fault.\"",
       "{name} walked up to {victim} and told {vhim} what happened. \"I am very sorry,\" {he} said."),
-     ("{vHe} was quiet for a moment. Then {vhe} smiled. \"Thank you for telling me the truth,\" {vhe} said.",
-      "{vHe} gave {name} a hug. \"Everyone makes mistakes,\" {vhe} said. \"I am glad you told me.\"")],
+     ("{Victim} was quiet for a moment. Then {vhe} smiled. \"Thank you for telling me the truth,\" {vhe} said.",
+      "{Victim} gave {name} a hug. \"Everyone makes mistakes,\" {vhe} said. \"I am glad you told me.\"")],
     [("{fix}",), ("{name} felt much better.", "After that, {name} felt light and happy again."),
      ("{name} learned that it is always best to tell the truth.", "{name} learned that saying sorry can make things right.", "")],
 ]
@@ -598,10 +598,10 @@ def _setup_trip(rng: random.Random, ctx: dict[str, str]) -> None:
 def _setup_sorry(rng: random.Random, ctx: dict[str, str]) -> None:
     mistake, whose, fix = rng.choice(MISTAKES)
     if whose == "p":  # the grown-up is addressed as "Mom", spoken of as "her mom"
-        victim = {"victim": "{his} {parent}", "victim_a": ctx["Parent"]}
+        victim = {"victim": "{his} {parent}", "Victim": "{His} {parent}", "victim_a": ctx["Parent"]}
     else:
-        victim = {"victim": ctx["fname"], "victim_a": ctx["fname"]}
-    ctx.update({"v" + k: ctx[("p" if whose == "p" else "f") + k] for k in ("he", "He", "him")})
+        victim = {"victim": ctx["fname"], "Victim": ctx["fname"], "victim_a": ctx["fname"]}
+    ctx.update(vhe=ctx[whose + "he"], vhim=ctx[whose + "him"])
     _fill(ctx, mistake=mistake, fix=fix, **victim)
 
 
