@@ -10,8 +10,9 @@ Format: each story is one document whose paragraphs are separated by a single "\
 
 How it works: a story is one of fifteen plots (lost toy, new friend, fear, sharing,
 helping, trip, mistake and apology, making something, learning a skill, growing a plant,
-birthday surprise, rainy day, race, tidying up, bedtime) made of paragraphs; a paragraph is a list of beats; a beat is a tuple of alternative sentence
-templates, one of which is drawn ("" means the beat is skipped). Templates are filled
+birthday surprise, rainy day, race, tidying up, bedtime) made of paragraphs; a paragraph
+is a list of beats; a beat is a tuple of alternative sentence templates, one of which is
+drawn ("" means the beat is skipped). Templates are filled
 from a cast (hero, friend, grown-up with matching pronouns), a place, an object and a
 few feelings. Articles are computed (`_a`), never written before a slot.
 
