@@ -53,7 +53,7 @@ def test_variety(first_1000):
     # Measured on the first 1,000 stories of seed 0 (see docs/CORPUS.md); thresholds are set well below.
     all_sentences = [s for text in first_1000 for s in sentences(text)]
     assert len(set(first_1000)) == 1000
-    assert len(set(all_sentences)) >= 8000  # measured 9,625
+    assert len(set(all_sentences)) >= 8000  # measured 9,641
     vocabulary = {w.lower() for text in first_1000 for w in re.findall(r"[A-Za-z']+", text)}
     assert len(vocabulary) >= 1100  # measured 1,308
 
