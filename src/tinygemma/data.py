@@ -183,6 +183,8 @@ def prepare(source: str = DEFAULT_SOURCE, *, val_source: str | None = None, toke
     inputs = [describe_inputs(source, opts), describe_inputs(val_source, opts) if val_source else None,
               _tokenizer_inputs(tokenizer)]
     inputs_sha = hashlib.sha256(json.dumps([settings, inputs], sort_keys=True).encode()).hexdigest()
+    if out.is_dir():
+        _remove_stale_temps(out)
     if not force and (meta := _up_to_date(out, inputs_sha)):
         say(f"{out} is already up to date (same inputs and settings); nothing to do (use --force to rebuild)")
         return meta
@@ -191,7 +193,6 @@ def prepare(source: str = DEFAULT_SOURCE, *, val_source: str | None = None, toke
     tok = _make_tokenizer(tokenizer, source, holdout, bpe_train_mb, opts, say)
     dtype = "uint16" if tok.vocab_size <= 1 << 16 else "uint32"
     out.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(out)
 
     t0 = time.perf_counter()
     writers = {split: _SplitWriter(out, split) for split in SPLITS}

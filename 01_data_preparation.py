@@ -1,0 +1,13 @@
+"""The seed's data-preparation script: TinyStories from the hub -> data/processed_datasets (GPT-2 ids).
+
+A thin wrapper over `tinygemma prepare` with the seed's defaults; any of its options
+can be added, e.g. `python 01_data_preparation.py --source builtin` offline.
+"""
+
+import sys
+
+from tinygemma.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["prepare", "--source", "hf:roneneldan/TinyStories", "--tokenizer", "gpt2",
+                   "--out", "data/processed_datasets", *sys.argv[1:]]))
