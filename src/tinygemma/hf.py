@@ -232,7 +232,7 @@ def _gguf_config(fields: dict[str, Any]) -> ModelConfig:
         rope_global_base=float(f("rope.freq_base", 1_000_000.0)),
         rope_local_base=float(f("rope.local.freq_base", 10_000.0)),
         query_pre_attn_scalar=int(f("attention.key_length")),
-        rms_norm_eps=float(f("attention.layer_norm_rms_epsilon", 1e-6)),
+        rms_norm_eps=float(f"{f('attention.layer_norm_rms_epsilon', 1e-6):.7g}"),  # float32 in GGUF: 1e-6, not 9.99e-7
         max_position_embeddings=int(f("context_length", 32_768)),
         bos_token_id=int(fields.get("tokenizer.ggml.bos_token_id", 2)),
         eos_token_id=int(fields.get("tokenizer.ggml.eos_token_id", 1)),
@@ -262,7 +262,7 @@ def read_gguf(path: str | Path | None = None) -> tuple[dict[str, torch.Tensor], 
             name = f"layers.{parts[1]}.{GGUF_NAMES[parts[2]]}.weight"
         else:
             name = f"{GGUF_NAMES[parts[0]]}.weight"
-        w = torch.from_numpy(np.ascontiguousarray(dequantize(t.data, t.tensor_type), dtype=np.float32))
+        w = torch.from_numpy(np.array(dequantize(t.data, t.tensor_type), dtype=np.float32))  # a writable copy
         state[name] = w - 1.0 if name.endswith("norm.weight") else w  # GGUF stores (1 + w)
     return state, cfg
 

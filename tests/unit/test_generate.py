@@ -1,0 +1,129 @@
+"""KV-cache generation: equal to recomputation past the window, sampling options, seeds, stops, streaming."""
+
+import pytest
+import torch
+
+from tinygemma.config import tiny
+from tinygemma.errors import TinyGemmaError
+from tinygemma.generate import LMHead, _TextStream, generate, generate_ids, sample_next
+from tinygemma.model import Gemma3Model
+
+
+class CharTokenizer:
+    """Bytes as ids 0..255, end-of-text 256, no bos (like gpt2)."""
+
+    name, vocab_size, eot_id, bos_id = "chars", 257, 256, None
+
+    def encode(self, text):
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids):
+        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models are overhead-bound: one thread is faster, and immune to a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    m = Gemma3Model(tiny(vocab_size=257)).eval()
+    with torch.no_grad():  # sharper, non-trivial distributions than the init's
+        for name, p in m.named_parameters():
+            p.normal_(0.0, 0.5 if name.endswith("norm.weight") else 0.15)
+    return m
+
+
+def test_cached_equals_recomputed_greedy_past_the_window(model):
+    assert model.config.sliding_window == 8
+    prompts = [[1, 2, 3], list(range(10, 27)), [5]]  # different lengths: left padding in the batch
+    cached = generate_ids(model, prompts, max_new_tokens=80, temperature=0)
+    recomputed = generate_ids(model, prompts, max_new_tokens=80, temperature=0, use_cache=False)
+    assert [len(r) for r in cached] == [80, 80, 80]
+    assert cached == recomputed
+    one_by_one = [generate_ids(model, [p], max_new_tokens=80, temperature=0)[0] for p in prompts]
+    assert one_by_one == cached  # padding does not leak into the rows
+
+
+def test_fast_head_gives_the_exact_greedy_tokens(model):
+    prompts = [[1, 2, 3], [40, 41]]
+    fast = generate_ids(model, prompts, 70, temperature=0, fast_head=True)
+    exact = generate_ids(model, prompts, 70, temperature=0, fast_head=False)
+    assert fast == exact
+    x = torch.randn(3, model.config.hidden_size)
+    logits = LMHead(model.embed_tokens.weight, fast=True, exact_top=5)(x)
+    ref = x @ model.embed_tokens.weight.T
+    top = ref.topk(5).indices
+    torch.testing.assert_close(logits.gather(1, top), ref.gather(1, top))  # the top candidates are exact
+    assert (logits - ref).abs().max() < 1e-2
+
+
+def test_sampling_options():
+    torch.manual_seed(0)
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]]).repeat(2000, 1)
+    assert sample_next(logits[:1], temperature=0).item() == 0
+    assert set(sample_next(logits, top_k=2).tolist()) == {0, 1}
+    # p = softmax([4,3,2,1,0] / 0.8) ~ [.715, .205, .059, ...]: top_p 0.8 keeps tokens 0 and 1 only
+    picks = sample_next(logits, temperature=0.8, top_p=0.8).tolist()
+    assert set(picks) == {0, 1}
+    hot = sample_next(logits, temperature=5.0).tolist()
+    assert len(set(hot)) == 5  # a high temperature reaches every token
+
+
+def test_same_seed_same_text(model):
+    tok = CharTokenizer()
+    a = generate(model, tok, "ab", max_new_tokens=30, seed=3)
+    b = generate(model, tok, "ab", max_new_tokens=30, seed=3)
+    c = generate(model, tok, "ab", max_new_tokens=30, seed=4)
+    assert a == b and a != c
+    assert a[0].startswith("ab")
+
+
+def test_num_samples_and_prompt_batches(model):
+    tok = CharTokenizer()
+    out = generate(model, tok, ["a", "longer prompt"], max_new_tokens=5, num_samples=2, seed=0, temperature=1.0)
+    assert len(out) == 4 and out[0].startswith("a") and out[3].startswith("longer prompt")
+
+
+def test_stops_at_end_of_text(model):
+    free = generate_ids(model, [[1, 2, 3, 4], [9]], max_new_tokens=40, temperature=0)
+    stop = free[0][10]  # pretend the 11th token of row 0 is end-of-text
+    out = generate_ids(model, [[1, 2, 3, 4], [9]], max_new_tokens=40, temperature=0, eot_id=stop)
+    for row, full in zip(out, free):
+        cut = full.index(stop) if stop in full else len(full)
+        assert row == full[:cut]
+    assert len(out[0]) <= 10
+
+
+class LetterTokenizer(CharTokenizer):
+    def decode(self, ids):
+        return "".join(chr(97 + i % 26) for i in ids if i < 256)
+
+
+def test_streaming_pieces_add_up_to_the_text(model):
+    pieces = []
+    text = generate(model, LetterTokenizer(), "hi", max_new_tokens=40, seed=1, stream=pieces.append)[0]
+    assert len(pieces) == 40 and "hi" + "".join(pieces) == text
+
+
+def test_streaming_holds_back_a_split_utf8_character():
+    pieces = []
+    stream = _TextStream(CharTokenizer(), pieces.append)
+    for b in "é!".encode("utf-8"):  # 0xC3 0xA9 0x21
+        stream([b])
+    assert pieces == ["é", "!"]
+
+
+def test_empty_prompt_starts_from_end_of_text(model):
+    tok = CharTokenizer()
+    assert len(generate(model, tok, "", max_new_tokens=3, temperature=0)[0]) >= 0
+    with pytest.raises(TinyGemmaError, match="context"):
+        generate_ids(model, [[1]], max_new_tokens=10_000)
+    with pytest.raises(TinyGemmaError, match="top-p"):
+        generate_ids(model, [[1]], top_p=1.5)
