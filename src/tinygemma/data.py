@@ -26,6 +26,7 @@ import os
 import shutil
 import sys
 import time
+import zlib
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
@@ -73,8 +74,8 @@ def _encode_task(task) -> tuple[np.ndarray, np.ndarray, dict, dict]:
 def is_held_out(doc: str, fraction: float) -> bool:
     """Deterministic document-level validation split: by a hash of the text, so it does not
     depend on order, chunking or worker count, and repeated documents land in one split."""
-    h = hashlib.blake2b(doc.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(h, "little") % HOLDOUT_BUCKETS < fraction * HOLDOUT_BUCKETS
+    # crc32 rather than a cryptographic hash: ~4x cheaper per document, and uniform enough for buckets.
+    return zlib.crc32(doc.encode("utf-8")) % HOLDOUT_BUCKETS < fraction * HOLDOUT_BUCKETS
 
 
 def _pack(docs: list[str]) -> tuple[np.ndarray, dict]:
