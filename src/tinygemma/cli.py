@@ -104,7 +104,8 @@ def add_train(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
 
     def run(a) -> int:
-        from tinygemma.train import dry_run, resolve_config, train
+        from tinygemma.runconfig import dry_run, resolve_config
+        from tinygemma.train import train
 
         flags = {"data_dir": a.data_dir, "out_dir": a.out_dir, "max_iters": a.max_iters,
                  "max_tokens": int(a.max_tokens) if a.max_tokens is not None else None, "max_time": a.max_time,

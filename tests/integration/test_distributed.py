@@ -3,6 +3,7 @@ load in one process and resume across world sizes."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -31,10 +32,16 @@ def run(args, nproc, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] \
         if nproc > 1 else [sys.executable]
-    proc = subprocess.run([*launcher, "-m", "tinygemma", "train", *args], capture_output=True, text=True, env=env,
-                          timeout=120, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout
+    proc = subprocess.Popen([*launcher, "-m", "tinygemma", "train", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and its workers: no orphans left behind
+        stdout, stderr = proc.communicate()
+        pytest.fail("torchrun timed out:\n" + stdout[-2000:] + stderr[-2000:])
+    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    return stdout
 
 
 def val_losses(out):

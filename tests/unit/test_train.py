@@ -13,7 +13,8 @@ from tinygemma.config import TrainConfig, tiny
 from tinygemma.data import FORMAT_VERSION
 from tinygemma.errors import TinyGemmaError
 from tinygemma.model import Gemma3Model
-from tinygemma.train import build_optimizer, fixed_val_windows, lr_at, resolve_config, train
+from tinygemma.runconfig import resolve_config
+from tinygemma.train import build_optimizer, fixed_val_windows, lr_at, train
 
 
 def make_data(folder, vocab=256, n_train=8000, n_val=2000, seed=0):
