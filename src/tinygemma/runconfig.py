@@ -20,7 +20,11 @@ def resolve_model_config(cfg: TrainConfig, meta: dict) -> ModelConfig:
     if cfg.model is not None:
         model_cfg = cfg.model
     elif cfg.init_from:
-        model_cfg = ModelConfig.from_dict(checkpoint.read_config(cfg.init_from)["model"])
+        folder = Path(cfg.init_from)
+        if (folder / checkpoint.CONFIG_NAME).exists() and "model" in checkpoint.read_config(folder):
+            model_cfg = ModelConfig.from_dict(checkpoint.read_config(folder)["model"])
+        else:  # a HF folder or a GGUF: load_model knows how to read its shape
+            model_cfg = checkpoint.load_model(cfg.init_from)[1]
     else:
         model_cfg = model_preset(cfg.preset, vocab)
     if model_cfg.vocab_size < vocab:

@@ -183,11 +183,14 @@ def check_resume(state: dict, model_cfg: ModelConfig, fingerprint: dict, force: 
                              "point --data-dir at the original data, or --force to continue on the new data")
 
 
-def init_weights_from(model: Gemma3Model, folder: str) -> None:
-    """--init-from: start from a model folder's weights (checkpoint.load_model when available)."""
-    path = Path(folder)
-    weights = path / checkpoint.BEST_NAME if path.is_dir() else path
-    checkpoint.load_into(model, checkpoint.load_state_dict(weights), source=str(weights))
+def init_weights_from(model: Gemma3Model, source: str) -> None:
+    """--init-from: our model folder's weights, or anything checkpoint.load_model reads (HF folder, GGUF)."""
+    ours = Path(source) / checkpoint.BEST_NAME
+    if ours.exists():  # no need to load the tokenizer just for the weights
+        checkpoint.load_into(model, checkpoint.load_state_dict(ours), source=str(ours))
+        return
+    pretrained, _, _ = checkpoint.load_model(source)
+    checkpoint.load_into(model, pretrained.state_dict(), source=source)
 
 
 def write_model_folder(out_dir: Path, model_cfg: ModelConfig, meta: dict, data_dir: str, cfg: TrainConfig) -> None:

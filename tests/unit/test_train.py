@@ -148,3 +148,10 @@ def test_resolve_config_layers_file_sets_and_flags(tmp_path, data):
     cfg_file.write_text("[model]\nhiden_size = 3\n")
     with pytest.raises(TinyGemmaError, match="did you mean hidden_size"):
         resolve_config("tiny", str(cfg_file), [], {"data_dir": str(tmp_path / "data")})
+
+
+def test_init_from_starts_with_the_given_weights(tmp_path, data):
+    first = train(tiny_run(tmp_path, out="first", max_iters=6))
+    train(tiny_run(tmp_path, out="second", max_iters=1, init_from=str(tmp_path / "first")))
+    step0 = next(r["val_loss"] for r in read_metrics(tmp_path / "second") if r["step"] == 0)
+    assert step0 == pytest.approx(first["best_val_loss"], abs=1e-6)
