@@ -35,6 +35,8 @@ def add_prepare(sub) -> None:
     p.add_argument("--builtin-mb", type=float, default=20.0, help="builtin source: MB of train text (default: %(default)s)")
     p.add_argument("--builtin-val-mb", type=float, default=1.0, help="builtin source: MB of validation text")
     p.add_argument("--seed", type=int, default=0, help="builtin source: story seed (validation uses seed+1)")
+    p.add_argument("--hf-mb", type=float, default=None, help="hf: source: stream only the first MB of each split "
+                   "(default: download the whole dataset)")
     p.add_argument("--bpe-train-mb", type=float, default=200.0, help="bpe:N: MB of training text to learn merges from")
     p.add_argument("--force", action="store_true", help="rebuild even if the output is up to date")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -45,7 +47,7 @@ def add_prepare(sub) -> None:
 
         prepare(a.source, val_source=a.val_source, tokenizer=a.tokenizer, out=a.out, num_proc=a.num_proc,
                 text_field=a.text_field, doc_split=a.doc_split, val_fraction=a.val_fraction, builtin_mb=a.builtin_mb,
-                builtin_val_mb=a.builtin_val_mb, seed=a.seed, bpe_train_mb=a.bpe_train_mb, force=a.force,
+                builtin_val_mb=a.builtin_val_mb, seed=a.seed, hf_mb=a.hf_mb, bpe_train_mb=a.bpe_train_mb, force=a.force,
                 progress=a.progress)
         return 0
 

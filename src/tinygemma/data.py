@@ -169,12 +169,13 @@ class _Progress:
 def prepare(source: str = DEFAULT_SOURCE, *, val_source: str | None = None, tokenizer: str = "gpt2",
             out: str | os.PathLike = DEFAULT_DIR, num_proc: int | None = None, text_field: str = "text",
             doc_split: str = "blank", val_fraction: float = 0.01, builtin_mb: float = 20.0,
-            builtin_val_mb: float = 1.0, seed: int = 0, bpe_train_mb: float = 200.0, force: bool = False,
+            builtin_val_mb: float = 1.0, seed: int = 0, hf_mb: float | None = None, bpe_train_mb: float = 200.0,
+            force: bool = False,
             chunk_bytes: int = 1 << 20, progress: bool | None = None, quiet: bool = False) -> dict:
     """Tokenize `source` (and `val_source`) into `out`/{train,validation}.bin + meta.json; return meta."""
     out = Path(out)
     opts = SourceOptions(text_field=text_field, doc_split=doc_split, builtin_mb=builtin_mb,
-                         builtin_val_mb=builtin_val_mb, seed=seed, chunk_bytes=chunk_bytes)
+                         builtin_val_mb=builtin_val_mb, seed=seed, hf_mb=hf_mb, chunk_bytes=chunk_bytes)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     if not 0 < val_fraction < 1:
         raise TinyGemmaError(f"--val-fraction must be between 0 and 1, got {val_fraction}")

@@ -41,6 +41,7 @@ class SourceOptions:
     builtin_mb: float = 20.0  # size of the builtin train split (validation: builtin_val_mb)
     builtin_val_mb: float = 1.0
     seed: int = 0  # builtin corpus seed (validation uses seed + 1)
+    hf_mb: float | None = None  # hf: stream only the first hf_mb MB of each split (None: download it all)
     chunk_bytes: int = 1 << 20  # ~text per task; not part of the output (any value gives the same bytes)
 
     def settings(self) -> dict:
@@ -258,18 +259,10 @@ def _doc_tasks(docs: Iterator[str], chunk_bytes: int) -> Iterator[Task]:
 def _builtin_tasks(split: str, opts: SourceOptions) -> Iterator[Task]:
     from tinygemma.corpus import iter_stories
 
-    budget = (opts.builtin_mb if split == "train" else opts.builtin_val_mb) * 1e6
+    mb = opts.builtin_mb if split == "train" else opts.builtin_val_mb
     seed = opts.seed if split == "train" else opts.seed + 1
 
-    def stories() -> Iterator[str]:
-        total = 0
-        for story in iter_stories(seed):
-            if total >= budget:
-                return
-            total += len(story.encode("utf-8"))
-            yield story
-
-    yield from _doc_tasks(stories(), opts.chunk_bytes)
+    yield from _doc_tasks(_first_mb(iter_stories(seed), mb), opts.chunk_bytes)
 
 
 def _hf_split_names(name: str) -> list[str]:
@@ -286,14 +279,24 @@ def _hf_split_names(name: str) -> list[str]:
 def _hf_tasks(name: str, split: str, opts: SourceOptions) -> Iterator[Task]:
     import datasets
 
-    try:
-        ds = datasets.load_dataset(name, split=split)
+    try:  # with a size cap, stream the first rows instead of downloading the whole split
+        ds = datasets.load_dataset(name, split=split, streaming=opts.hf_mb is not None)
     except Exception as e:
         msg = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
         raise TinyGemmaError(f"cannot load split {split!r} of Hugging Face dataset {name!r} ({msg}); "
                              "when offline use a local file or --source builtin") from None
-    if opts.text_field not in ds.column_names:
+    if ds.column_names is not None and opts.text_field not in ds.column_names:
         raise TinyGemmaError(f"hf:{name} has no column {opts.text_field!r} (columns: {ds.column_names}); "
                              "pass --text-field NAME")
     docs = (d for batch in ds.iter(batch_size=1000) for d in batch[opts.text_field] if d)
-    yield from _doc_tasks(docs, opts.chunk_bytes)
+    yield from _doc_tasks(_first_mb(docs, opts.hf_mb), opts.chunk_bytes)
+
+
+def _first_mb(docs: Iterator[str], mb: float | None) -> Iterator[str]:
+    """The documents until `mb` MB of text have been passed (all of them when mb is None)."""
+    total = 0
+    for doc in docs:
+        if mb is not None and total >= mb * 1e6:
+            return
+        total += len(doc.encode("utf-8"))
+        yield doc

@@ -286,3 +286,18 @@ def test_inspect_shows_stats_and_decoded_windows(prepared):
     text = inspect(prepared, windows=2, length=20, seed=0, verify=True)
     assert "sha256 ok" in text and "tokenizer gpt2" in text
     assert text.count("--- train window") == 2 and f"{len(TRAIN):,} docs" in text
+
+
+def test_hf_source_reads_the_given_splits_and_caps_them(tmp_path):
+    # `datasets` loads a local folder by the same code path as a hub id, so this runs offline.
+    folder = tmp_path / "ds" / "data"
+    folder.mkdir(parents=True)
+    for split, docs in (("train", TRAIN), ("validation", VAL)):
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    meta = prepare(f"hf:{tmp_path / 'ds'}", out=tmp_path / "out", num_proc=1, quiet=True)
+    assert meta["source"]["validation_split"] == "given"
+    assert decode_docs(tmp_path / "out", "train") == TRAIN and decode_docs(tmp_path / "out", "validation") == VAL
+    capped = prepare(f"hf:{tmp_path / 'ds'}", out=tmp_path / "capped", num_proc=1, quiet=True, hf_mb=0.001)  # streamed
+    n = len(decode_docs(tmp_path / "capped", "train"))
+    assert decode_docs(tmp_path / "capped", "train") == TRAIN[:n] and sum(len(d) for d in TRAIN[:n - 1]) < 1000 <= sum(
+        len(d) for d in TRAIN[:n])
