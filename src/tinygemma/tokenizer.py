@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -317,7 +316,3 @@ def _load_ref(ref: dict, base_dir: str | os.PathLike | None) -> Tokenizer:
                              f"(fingerprint {tok.fingerprint[:12]} != {ref['fingerprint'][:12]}); "
                              "re-run `tinygemma prepare` or restore the original tokenizer file")
     return tok
-
-
-def describe(tok: Tokenizer) -> str:
-    return json.dumps({k: v for k, v in tok.ref().items() if k != "fingerprint"})
