@@ -193,8 +193,10 @@ def _cuts(doc_split: str) -> list[bytes]:
 
 def _blocks(path: Path, size: int, cuts: list[bytes]) -> Iterator[bytes]:
     """~`size`-byte blocks of a file, each ending just after one of `cuts` (or at end of file)."""
-    carry = b""
     with open(path, "rb") as f:
+        carry = f.read(3)
+        if carry == b"\xef\xbb\xbf":  # a UTF-8 byte-order mark is not text
+            carry = b""
         while True:
             data = f.read(size)
             if not data:
@@ -220,7 +222,7 @@ def _json_array_tasks(path: Path, opts: SourceOptions) -> Iterator[Task]:
     """A .json array is read whole (use .jsonl for large data)."""
     text, _ = decode_utf8(path.read_bytes())
     try:
-        records = json.loads(text)
+        records = json.loads(text.lstrip("\ufeff"))
     except json.JSONDecodeError as e:
         raise TinyGemmaError(f"{path}: invalid JSON ({e}); .json must be an array of records or JSON lines") from None
     docs = [_field(r, opts.text_field, str(path)) for r in records]

@@ -172,6 +172,13 @@ def test_gemma3_vocab_chooses_uint32_and_round_trips(tmp_path):
     assert decode_docs(tmp_path / "out", "train") == TRAIN[:10]
 
 
+def test_a_byte_order_mark_is_not_part_of_the_first_document(tmp_path):
+    src = tmp_path / "t.txt"
+    src.write_bytes(b"\xef\xbb\xbf" + "\n\n".join(TRAIN).encode())
+    run(tmp_path, src, VAL)
+    assert decode_docs(tmp_path / "out", "train") == TRAIN
+
+
 def test_undecodable_bytes_are_replaced_and_counted(tmp_path):
     src = tmp_path / "t.txt"
     src.write_bytes(b"good doc\n\nbad \xff byte and \xc3 cut\n\nfine")
