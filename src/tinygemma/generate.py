@@ -108,22 +108,19 @@ def generate_ids(
         head = LMHead(model.embed_tokens.weight, fast=fast_head)
         steps = (_cached_steps if use_cache else _uncached_steps)(model, head, prompt_ids, max_new_tokens)
         logits = next(steps)  # (B, V) logits for the first new token
-        done = torch.zeros(len(prompt_ids), dtype=torch.bool)
+        done = [False] * len(prompt_ids)
         for i in range(max_new_tokens):
-            nxt = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
-            if eot_id is not None:
-                nxt = nxt.masked_fill(done.to(nxt.device), eot_id)
-            tokens = nxt.tolist()
+            picked = sample_next(logits, temperature, top_k, top_p, generator).tolist()
+            tokens = [eot_id if d else t for d, t in zip(done, picked)]  # finished rows repeat eot
             if on_tokens is not None:
                 on_tokens(tokens)
             for b, t in enumerate(tokens):
+                done[b] = done[b] or t == eot_id
                 if not done[b]:
-                    done[b] = t == eot_id
-                    if not done[b]:
-                        out[b].append(t)
-            if bool(done.all()) or i == max_new_tokens - 1:
-                return out
-            logits = steps.send(nxt)
+                    out[b].append(t)
+            if all(done) or i == max_new_tokens - 1:
+                break
+            logits = steps.send(torch.tensor(tokens, device=logits.device))
         return out
     finally:
         model.train(was_training)

@@ -16,7 +16,6 @@ head is tied (no `lm_head.weight`), so weights convert by renaming one prefix.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -328,8 +327,3 @@ def gpt2_tokenizer_json() -> str:
     tok.add_special_tokens([AddedToken("<|endoftext|>", special=True)])
     return tok.to_str()
 
-
-def copy_tokenizer_files(src: Path, out: Path) -> None:
-    for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json"):
-        if (src / name).exists():
-            shutil.copyfile(src / name, out / name)
