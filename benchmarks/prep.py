@@ -139,7 +139,7 @@ def make_input(folder: Path, mb: int) -> Path:
     return path
 
 
-def run_size(src: Path, tmp: Path, cores: int, repeat: int) -> list[dict]:
+def run_size(src: Path, tmp: Path, cores: int, repeat: int, only_ours: bool = False) -> list[dict]:
     rows = []
     r = measure([sys.executable, "-m", "tinygemma", "prepare", "--source", str(src), "--out", str(tmp / "ours"),
                  "--num-proc", str(cores), "--force", "--no-progress"], repeat)
@@ -148,6 +148,8 @@ def run_size(src: Path, tmp: Path, cores: int, repeat: int) -> list[dict]:
     meta = json.loads((tmp / "ours" / "meta.json").read_text())
     tokens = meta["train"]["tokens"] + meta["validation"]["tokens"]
     rows.append({"name": f"tinygemma prepare (num_proc={cores})", "tokens": tokens, **r})
+    if only_ours:
+        return rows
     for writer in ("numpy", "arrow"):
         r = measure([sys.executable, "-c", SEED_STYLE, str(src), str(tmp / f"seed_{writer}.bin"), str(cores), writer,
                      str(tmp)], repeat if writer == "arrow" else 1)
@@ -177,6 +179,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[20, 80], help="input sizes in MB")
     ap.add_argument("--num-proc", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--only-ours", action="store_true", help="skip the baselines (e.g. a memory check on 100 MB)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per contender (fastest kept); the slow verbatim "
                     "baseline always runs once")
     args = ap.parse_args()
@@ -186,11 +189,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tinygemma-prep-bench-") as d:
         for mb in args.sizes:
             src = make_input(Path(d), mb)
-            results[mb] = run_size(src, Path(d) / f"work{mb}", args.num_proc, args.repeat)
+            results[mb] = run_size(src, Path(d) / f"work{mb}", args.num_proc, args.repeat, args.only_ours)
             print(table({mb: results[mb]}), flush=True)
     md = table(results)
     print("\n" + md)
     for mb, rows in results.items():
+        if args.only_ours:
+            continue
         ours, numpy_, arrow, limit = (r["tokens"] / r["wall"] for r in rows)
         print(f"{mb} MB: ours / faster seed-style = {ours / max(numpy_, arrow):.2f}x (target >= 1.5x); "
               f"ours / limit = {ours / limit:.0%} (target >= 50%); ours peak RSS {rows[0]['rss'] / 1e6:.0f} MB, "
