@@ -31,8 +31,17 @@ HF_PREFIXES = ("model.language_model.", "language_model.model.", "model.")
 # ---------------------------------------------------------------- config
 
 
+def _sliding_pattern(cfg: ModelConfig) -> int | None:
+    """The `sliding_window_pattern` of transformers 4.x if layer_types follow one, else None."""
+    if FULL not in cfg.layer_types:
+        return None
+    p = cfg.layer_types.index(FULL) + 1
+    return p if default_layer_types(cfg.n_layers, p) == cfg.layer_types else None
+
+
 def to_hf_config(cfg: ModelConfig) -> dict[str, Any]:
-    """ModelConfig -> the dict of a transformers 5.x `Gemma3TextConfig` (config.json)."""
+    """ModelConfig -> the dict of a transformers 5.x `Gemma3TextConfig` (config.json).
+    The 4.x keys (rope_theta, rope_local_base_freq, sliding_window_pattern) are written too."""
     return {
         "architectures": ["Gemma3ForCausalLM"],
         "model_type": "gemma3_text",
@@ -56,6 +65,7 @@ def to_hf_config(cfg: ModelConfig) -> dict[str, Any]:
         # 4.x readers look for these instead of rope_parameters
         "rope_theta": cfg.rope_global_base,
         "rope_local_base_freq": cfg.rope_local_base,
+        "sliding_window_pattern": _sliding_pattern(cfg),
         "attention_bias": False,
         "attention_dropout": 0.0,
         "attn_logit_softcapping": None,
@@ -89,7 +99,7 @@ def from_hf_config(hf: dict[str, Any]) -> ModelConfig:
         if hf.get(cap) is not None:
             raise TinyGemmaError(f"config sets {cap}={hf[cap]}; Gemma 3 has no soft-capping and neither does tinygemma")
     n_layers = hf["num_hidden_layers"]
-    layer_types = hf.get("layer_types") or default_layer_types(n_layers, hf.get("sliding_window_pattern", 6))
+    layer_types = hf.get("layer_types") or default_layer_types(n_layers, hf.get("sliding_window_pattern") or 6)
     ids = {k: hf.get(k) for k in ("pad_token_id", "eos_token_id", "bos_token_id")}
     if isinstance(ids["eos_token_id"], list):
         ids["eos_token_id"] = ids["eos_token_id"][0]

@@ -43,6 +43,10 @@ def test_config_round_trip_and_transformers_4x_form():
            "max_position_embeddings": 32768}
     assert from_hf_config(old) == cfg
     assert from_hf_config({"model_type": "gemma3", "text_config": old}) == cfg  # multimodal wrapper
+    for preset in (tiny(), ModelConfig(n_layers=4, hidden_size=64, head_dim=16, intermediate_size=64)):
+        exported = to_hf_config(preset)  # a 4.x reader ignores layer_types / rope_parameters
+        as_4x = {k: v for k, v in exported.items() if k not in ("layer_types", "rope_parameters")}
+        assert from_hf_config(as_4x) == preset
     with pytest.raises(TinyGemmaError, match="llama"):
         from_hf_config({**old, "model_type": "llama"})
 
