@@ -239,13 +239,14 @@ class TrainConfig:
     # stop conditions: the first one reached ends the run
     max_iters: int = 2000
     max_tokens: int | None = None
-    max_time: float | None = None  # seconds of training (resumed runs count from their restart)
+    max_time: float | None = None  # seconds of training, summed over resumes
     patience: int | None = None  # stop after this many evals without a better val loss
     # optimizer and schedule: AdamW, linear warmup then cosine decay to min_lr at lr_decay_iters
     lr: float = 1e-3
     min_lr: float = 1e-4
     warmup_iters: int = 100
     lr_decay_iters: int | None = None  # None -> max_iters
+    lr_schedule: str = "steps"  # steps: cosine over lr_decay_iters; time: cosine over max_time seconds of training
     weight_decay: float = 0.1  # matrices only (not norms)
     beta1: float = 0.9
     beta2: float = 0.95
@@ -283,6 +284,10 @@ class TrainConfig:
             problems.append(f"device {self.device!r} is not one of auto, cpu, cuda, mps")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             problems.append(f"dtype {self.dtype!r} is not one of auto, float32, bfloat16")
+        if self.lr_schedule not in ("steps", "time"):
+            problems.append(f"lr_schedule {self.lr_schedule!r} is not one of steps, time")
+        elif self.lr_schedule == "time" and not self.max_time:
+            problems.append("lr_schedule=time needs max_time (the cosine runs over those seconds)")
         if self.patience is not None and self.patience <= 0:
             problems.append("patience must be positive (or unset)")
         if isinstance(self.model, dict):

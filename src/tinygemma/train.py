@@ -63,14 +63,19 @@ def autocast_context(cfg: TrainConfig, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup over warmup_iters, then cosine from lr to min_lr at lr_decay_iters, then flat."""
-    decay_iters = cfg.lr_decay_iters or cfg.max_iters
+def lr_at(step: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
+    """Linear warmup over warmup_iters, then cosine from lr to min_lr at lr_decay_iters, then flat.
+
+    With lr_schedule="time" the cosine runs over the fraction `elapsed / max_time` of the time budget
+    instead (for fixed-time runs such as the quickstart; a resumed run then is not bit-exact).
+    """
     if step < cfg.warmup_iters:
         return cfg.lr * (step + 1) / cfg.warmup_iters
-    if step >= decay_iters:
-        return cfg.min_lr
-    progress = (step - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
+    if cfg.lr_schedule == "time":
+        progress = min(1.0, elapsed / cfg.max_time)
+    else:
+        decay_iters = cfg.lr_decay_iters or cfg.max_iters
+        progress = min(1.0, (step - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters))
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
 
 
@@ -247,6 +252,7 @@ class LoopState:
     tokens_seen: int = 0
     best_val_loss: float = float("inf")
     evals_since_best: int = 0
+    train_time: float = 0.0  # seconds of training, summed over resumes (max_time, lr_schedule=time)
     stop_reason: str = ""
     train_losses: list = field(default_factory=list)  # (step, loss) of this invocation
 
@@ -339,7 +345,8 @@ def _restore(state: dict, model, optimizer, sampler, info: DistInfo) -> tuple[Lo
     if len(samplers) != info.world_size:
         sampler.load_state_dict(_advanced_sampler_state(sampler, state["step"]))
     restore_rng(state["rng"])
-    loop = LoopState(state["step"], state["tokens_seen"], state["best_val_loss"], state["evals_since_best"])
+    loop = LoopState(state["step"], state["tokens_seen"], state["best_val_loss"], state["evals_since_best"],
+                     state.get("train_time", 0.0))
     return loop, state["history"]
 
 
@@ -379,11 +386,12 @@ class _Run:
             self.eval_and_save_best(None)
         bar = tqdm(total=cfg.max_iters, initial=s.step, disable=not (self.info.is_main and cfg.progress),
                    dynamic_ncols=True, unit="step")
-        start, last_log, tokens_at_log = time.time(), time.time(), s.tokens_seen
+        self.started, self.time_before = time.time(), s.train_time
+        last_log, tokens_at_log = time.time(), s.tokens_seen
         evaluated_at = s.step
         with StopSignals() as signals:
-            while not self.should_stop(start, signals):
-                lr = lr_at(s.step, cfg)
+            while not self.should_stop(signals):
+                lr = lr_at(s.step, cfg, self.shared_elapsed())
                 loss, norm = self.step(lr)
                 s.step += 1
                 s.tokens_seen += self.tokens_per_step
@@ -413,12 +421,22 @@ class _Run:
             self.log.close()
         return self.summary()
 
-    def should_stop(self, start: float, signals: StopSignals) -> bool:
+    def elapsed(self) -> float:
+        """Seconds of training in this run and the runs it resumed."""
+        return self.time_before + time.time() - self.started
+
+    def shared_elapsed(self) -> float:
+        """elapsed(), agreed by all ranks when the lr depends on it (so every rank steps with the same lr)."""
+        if self.cfg.lr_schedule != "time":
+            return 0.0
+        return distributed.all_reduce_mean(self.elapsed(), self.info, self.device)
+
+    def should_stop(self, signals: StopSignals) -> bool:
         cfg, s = self.cfg, self.s
         reasons = [
             (s.step >= cfg.max_iters, f"max_iters={cfg.max_iters}"),
             (cfg.max_tokens is not None and s.tokens_seen >= cfg.max_tokens, f"max_tokens={cfg.max_tokens}"),
-            (cfg.max_time is not None and time.time() - start >= cfg.max_time, f"max_time={cfg.max_time}s"),
+            (cfg.max_time is not None and self.elapsed() >= cfg.max_time, f"max_time={cfg.max_time}s"),
             (cfg.patience is not None and s.evals_since_best >= cfg.patience,
              f"early stopping: {cfg.patience} evals without improvement"),
         ]
@@ -494,6 +512,7 @@ class _Run:
         checkpoint.save_resume({
             "model": model_sd, "optimizer": optim_sd, "step": s.step, "tokens_seen": s.tokens_seen,
             "best_val_loss": s.best_val_loss, "evals_since_best": s.evals_since_best, "rng": capture_rng(),
+            "train_time": self.elapsed(),
             "sampler": samplers, "history": self.log.history, "model_config": self.cfg.model.to_dict(),
             "data_fingerprint": self.fingerprint, "train_config": self.cfg.to_dict(),
             "world_size": self.info.world_size,

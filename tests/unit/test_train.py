@@ -155,3 +155,20 @@ def test_init_from_starts_with_the_given_weights(tmp_path, data):
     train(tiny_run(tmp_path, out="second", max_iters=1, init_from=str(tmp_path / "first")))
     step0 = next(r["val_loss"] for r in read_metrics(tmp_path / "second") if r["step"] == 0)
     assert step0 == pytest.approx(first["best_val_loss"], abs=1e-6)
+
+
+def test_time_schedule_follows_the_time_budget_and_needs_max_time():
+    cfg = TrainConfig(lr=1.0, min_lr=0.0, warmup_iters=2, lr_schedule="time", max_time=100.0)
+    assert lr_at(0, cfg, elapsed=0.0) == pytest.approx(0.5)  # warmup still counts steps
+    assert lr_at(50, cfg, elapsed=50.0) == pytest.approx(0.5)
+    assert lr_at(50, cfg, elapsed=100.0) == pytest.approx(0.0) and lr_at(9, cfg, elapsed=500.0) == pytest.approx(0.0)
+    with pytest.raises(TinyGemmaError, match="needs max_time"):
+        TrainConfig(lr_schedule="time")
+
+
+def test_max_time_stops_a_time_scheduled_run_and_counts_across_resumes(tmp_path, data):
+    summary = train(tiny_run(tmp_path, max_iters=10**6, lr_schedule="time", max_time=1.5, eval_interval=10**6))
+    assert summary["stop_reason"] == "max_time=1.5s" and summary["step"] > 0
+    assert checkpoint.load_resume(tmp_path / "out")["train_time"] >= 1.5
+    again = train(tiny_run(tmp_path, max_iters=10**6, lr_schedule="time", max_time=1.5, eval_interval=10**6, resume=True))
+    assert again["step"] == summary["step"]  # the budget was already spent
