@@ -197,6 +197,8 @@ def add_eval(sub) -> None:
     p.add_argument("--stride", type=int, help="score only the last STRIDE targets of overlapping windows "
                    "(default: block size, non-overlapping)")
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
+    p.add_argument("--max-tokens", type=int, help="score only the whole documents in the split's first N tokens "
+                   "(default: the whole split)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
     def run(a) -> int:
@@ -211,7 +213,7 @@ def add_eval(sub) -> None:
         if a.text:
             res = evaluate_text(model, tok, a.text, **kw)
         else:
-            res = evaluate_split(model, a.data_dir, a.split, **kw)
+            res = evaluate_split(model, a.data_dir, a.split, max_tokens=a.max_tokens, **kw)
         if a.json:
             print(json.dumps(res))
         else:
@@ -272,15 +274,41 @@ def add_import(sub) -> None:
 
 # ---------------------------------------------------------------- quickstart (quickstart.py)
 def add_quickstart(sub) -> None:
-    p = sub.add_parser("quickstart", help="the whole pipeline offline: data, train, sample stories")
-    p.set_defaults(func=lambda a: _todo("quickstart"))
+    p = sub.add_parser(
+        "quickstart", help="the whole pipeline offline: data, train, sample stories",
+        description="Prepare data (TinyStories from the hub when reachable, else the built-in story corpus), "
+        "train the CPU recipe (docs/RECIPES.md) for --time minutes while printing a sample at each eval, "
+        "then print three stories, the validation loss and bits per byte, and where the files went. "
+        "A second run reuses the prepared data; an interrupted run (Ctrl-C) resumes.",
+    )
+    p.add_argument("--source", help="anything `prepare` accepts (default: hub TinyStories if reachable, else builtin)")
+    p.add_argument("--val-source", help="a separate validation source (e.g. valid.txt)")
+    p.add_argument("--time", type=float, default=10.0, metavar="MINUTES", help="training budget (default 10)")
+    p.add_argument("--data-dir", default="data/processed_datasets", help="prepared data (default %(default)s)")
+    p.add_argument("--out-dir", default="data/models", help="model, metrics, loss.png (default %(default)s)")
+    p.add_argument("--hub-mb", type=float, default=50.0, help="MB of TinyStories streamed from the hub (default 50)")
+    p.add_argument("--builtin-mb", type=float, default=20.0, help="MB of built-in stories to train on (default 20)")
+    p.add_argument("--fresh", action="store_true", help="start training over instead of resuming an interrupted run")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--num-proc", type=int, help="processes for tokenising (default: all cores)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
+    p.set_defaults(func=_run_quickstart)
+
+
+def _run_quickstart(a) -> int:
+    from tinygemma.quickstart import quickstart
+
+    try:
+        quickstart(source=a.source, val_source=a.val_source, minutes=a.time, data_dir=a.data_dir,
+                   out_dir=a.out_dir, hub_mb=a.hub_mb, builtin_mb=a.builtin_mb, fresh=a.fresh, seed=a.seed,
+                   num_proc=a.num_proc, progress=not a.no_progress)
+    except KeyboardInterrupt:
+        print("interrupted: the run was saved; `tinygemma quickstart` again resumes it", file=sys.stderr)
+        return 130
+    return 0
 
 
 # ---------------------------------------------------------------- dispatcher
-def _todo(name: str) -> int:
-    raise TinyGemmaError(f"`tinygemma {name}` is not implemented yet")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tinygemma",

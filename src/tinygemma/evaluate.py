@@ -95,8 +95,12 @@ def _start_id(bos_id: int | None, eot_id: int) -> int:
 
 
 def evaluate_split(model: Gemma3Model, data_dir: str | Path, split: str = "validation", block_size: int = 256,
-                   batch_size: int = 8, device="cpu", stride: int | None = None) -> dict:
-    """Evaluate on a prepared split (data_dir/<split>.bin + meta.json)."""
+                   batch_size: int = 8, device="cpu", stride: int | None = None, max_tokens: int | None = None) -> dict:
+    """Evaluate on a prepared split (data_dir/<split>.bin + meta.json).
+
+    `max_tokens` scores only the whole documents within the split's first max_tokens tokens;
+    their byte count is then measured by decoding them (exact, since prepare round-trips).
+    """
     from tinygemma.data import load_split, read_meta
 
     meta = read_meta(data_dir)
@@ -106,9 +110,26 @@ def evaluate_split(model: Gemma3Model, data_dir: str | Path, split: str = "valid
     if tok.get("vocab_size", 0) > model.config.vocab_size:
         raise TinyGemmaError(f"the data's tokenizer has {tok['vocab_size']} ids but the model only "
                              f"{model.config.vocab_size}: evaluate with data prepared for this model's tokenizer")
-    out = evaluate_tokens(model, data, meta[name]["bytes"], _start_id(tok.get("bos_id"), tok["eot_id"]),
+    n_bytes = meta[name]["bytes"]
+    if max_tokens is not None and max_tokens < len(data):
+        data, n_bytes = _document_prefix(data, max_tokens, tok, data_dir)
+    out = evaluate_tokens(model, data, n_bytes, _start_id(tok.get("bos_id"), tok["eot_id"]),
                           block_size, batch_size, device, stride)
     return {"split": name, **out}
+
+
+def _document_prefix(data, max_tokens: int, tok_ref: dict, data_dir) -> tuple[np.ndarray, int]:
+    """The whole documents (each ending in eot) within the first max_tokens ids, and their UTF-8 bytes."""
+    from tinygemma.tokenizer import load_tokenizer
+
+    head = np.asarray(data[:max_tokens], dtype=np.int64)
+    ends = np.flatnonzero(head == tok_ref["eot_id"])
+    if len(ends) == 0:
+        raise TinyGemmaError(f"no whole document in the first {max_tokens} tokens; raise --max-tokens")
+    head = head[: ends[-1] + 1]
+    tok = load_tokenizer(tok_ref, data_dir)
+    docs = np.split(head, ends + 1)[:-1]  # each ends with eot
+    return head, sum(len(tok.decode(d[:-1].tolist()).encode("utf-8")) for d in docs)
 
 
 def evaluate_text(model: Gemma3Model, tokenizer, path: str | Path, block_size: int = 256, batch_size: int = 8,

@@ -382,14 +382,14 @@ class _Run:
         cfg, s = self.cfg, self.s
         self.print0(f"training {cfg.model.n_params:,} parameters on {self.device} x{self.info.world_size}, "
                     f"{self.tokens_per_step:,} tokens/step, from step {s.step}")
-        if fresh:
-            self.eval_and_save_best(None)
-        bar = tqdm(total=cfg.max_iters, initial=s.step, disable=not (self.info.is_main and cfg.progress),
-                   dynamic_ncols=True, unit="step")
-        self.started, self.time_before = time.time(), s.train_time
-        last_log, tokens_at_log = time.time(), s.tokens_seen
-        evaluated_at = s.step
-        with StopSignals() as signals:
+        with StopSignals() as signals:  # also covers the first eval, so Ctrl-C there saves too
+            if fresh:
+                self.eval_and_save_best(None)
+            bar = tqdm(total=cfg.max_iters, initial=s.step, disable=not (self.info.is_main and cfg.progress),
+                       dynamic_ncols=True, unit="step")
+            self.started, self.time_before = time.time(), s.train_time
+            last_log, tokens_at_log = time.time(), s.tokens_seen
+            evaluated_at = s.step
             while not self.should_stop(signals):
                 lr = lr_at(s.step, cfg, self.shared_elapsed())
                 loss, norm = self.step(lr)

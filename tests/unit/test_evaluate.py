@@ -65,3 +65,23 @@ def test_overlapping_windows_see_more_context(model):
     assert a["tokens"] == b["tokens"] and a["loss"] != b["loss"]
     with pytest.raises(TinyGemmaError, match="stride"):
         evaluate_tokens(model, tokens, 100, 0, block_size=16, stride=17)
+
+
+def test_max_tokens_scores_whole_documents_with_their_exact_bytes(tmp_path):
+    """evaluate_split(max_tokens=N) keeps the whole documents in the first N ids and counts their bytes."""
+    from tinygemma.config import tiny
+    from tinygemma.data import prepare
+    from tinygemma.evaluate import evaluate_split
+    from tinygemma.model import Gemma3Model
+
+    docs = [f"Story number {i} is about a cat named Tom." for i in range(40)]
+    src = tmp_path / "docs.txt"
+    src.write_text("\n\n".join(docs))
+    prepare(str(src), val_source=str(src), tokenizer="gpt2", out=tmp_path / "d", quiet=True, progress=False)
+    model = Gemma3Model(tiny(vocab_size=50257))
+    full = evaluate_split(model, tmp_path / "d", block_size=32)
+    part = evaluate_split(model, tmp_path / "d", block_size=32, max_tokens=full["tokens"] // 2)
+    per_doc_tokens = full["tokens"] // len(docs)
+    n_docs = part["tokens"] // per_doc_tokens
+    assert part["tokens"] == n_docs * per_doc_tokens < full["tokens"]
+    assert part["bytes"] == sum(len(d) for d in docs[:n_docs])
