@@ -42,8 +42,12 @@ def setup(device_type: str) -> DistInfo:
     return info
 
 
-def cleanup() -> None:
+def cleanup(wait_for_others: bool = True) -> None:
+    """Leave the process group; after a normal run, together: a rank that tears gloo down
+    while rank 0 still writes its checkpoint aborts ("terminate called without an active exception")."""
     if dist.is_available() and dist.is_initialized():
+        if wait_for_others and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -267,9 +267,12 @@ def train(cfg: TrainConfig, on_eval: Callable[[dict], None] | None = None) -> di
     if info.enabled and device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
     try:
-        return _run(cfg, device, info, on_eval)
-    finally:
-        distributed.cleanup()
+        summary = _run(cfg, device, info, on_eval)
+    except BaseException:
+        distributed.cleanup(wait_for_others=False)  # the other ranks may never reach a barrier
+        raise
+    distributed.cleanup(wait_for_others=True)
+    return summary
 
 
 def _run(cfg: TrainConfig, device: torch.device, info: DistInfo, on_eval) -> dict:
