@@ -14,13 +14,6 @@ from tinygemma.model import Gemma3Model
 from tinygemma.tokenizer import load_tokenizer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def random_tiny(vocab_size=256) -> Gemma3Model:
     m = Gemma3Model(tiny(vocab_size=vocab_size)).eval()
