@@ -11,7 +11,7 @@ import difflib
 import json
 import types
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, Callable
 
 from tinygemma.errors import TinyGemmaError

@@ -304,7 +304,7 @@ def test_hf_source_reads_the_given_splits_and_caps_them(tmp_path):
     meta = prepare(f"hf:{tmp_path / 'ds'}", out=tmp_path / "out", num_proc=1, quiet=True)
     assert meta["source"]["validation_split"] == "given"
     assert decode_docs(tmp_path / "out", "train") == TRAIN and decode_docs(tmp_path / "out", "validation") == VAL
-    capped = prepare(f"hf:{tmp_path / 'ds'}", out=tmp_path / "capped", num_proc=1, quiet=True, hf_mb=0.001)  # streamed
+    prepare(f"hf:{tmp_path / 'ds'}", out=tmp_path / "capped", num_proc=1, quiet=True, hf_mb=0.001)  # streamed
     n = len(decode_docs(tmp_path / "capped", "train"))
     assert decode_docs(tmp_path / "capped", "train") == TRAIN[:n] and sum(len(d) for d in TRAIN[:n - 1]) < 1000 <= sum(
         len(d) for d in TRAIN[:n])
