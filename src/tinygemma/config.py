@@ -203,6 +203,10 @@ def apply_override(cfg: Any, assignment: str) -> None:
             raise TinyGemmaError(f"--set {key}: unknown key {part!r} in {where}{did_you_mean(part, names)}")
         if i == len(parts) - 1:
             setattr(target, part, _parse_value(raw.strip(), hints[part], key))
+            if part == "n_layers" and isinstance(target, ModelConfig):
+                target.layer_types = ()  # re-derived for the new depth; set layer_types after n_layers to choose
+            if target is not cfg:
+                target.__post_init__()  # validate the section that changed (the root is validated below)
         else:
             target = getattr(target, part)
             if not dataclasses.is_dataclass(target):
