@@ -31,17 +31,18 @@ class Recipe:
     """A data + model + optimiser recipe; `train_config` turns it into a TrainConfig."""
 
     tokenizer: str = "bpe:4096"
-    preset: str = "small"
+    preset: str = "mini"
     model_overrides: list[str] = field(default_factory=list)  # `--set model.*` style, applied to the preset
     block_size: int = 256
     batch_size: int = 16
-    lr: float = 2e-3
-    min_lr: float = 2e-4
+    lr: float = 3e-3
+    min_lr: float = 3e-4
     warmup_iters: int = 50
     weight_decay: float = 0.1
     eval_interval: int = 100
     eval_windows: int = 32
     compile: bool = False
+    dtype: str = "float32"  # "bfloat16": autocast on CPUs with AVX512-BF16/AMX
 
     def train_config(self, data_dir: str, out_dir: str, vocab_size: int, max_time: float, **extra) -> TrainConfig:
         model = model_preset(self.preset, vocab_size=vocab_size)
@@ -51,7 +52,7 @@ class Recipe:
             batch_size=self.batch_size, lr=self.lr, min_lr=self.min_lr, warmup_iters=self.warmup_iters,
             weight_decay=self.weight_decay, eval_interval=self.eval_interval, eval_windows=self.eval_windows,
             checkpoint_interval=self.eval_interval, max_iters=10**9, max_time=max_time, lr_schedule="time",
-            compile=self.compile, **extra,
+            compile=self.compile, dtype=self.dtype, **extra,
         )
 
 
