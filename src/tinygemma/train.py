@@ -380,16 +380,13 @@ class _Run:
             print(*args, flush=True)
 
     def loop(self, fresh: bool) -> dict:
-        from tqdm import tqdm
-
         cfg, s = self.cfg, self.s
         self.print0(f"training {cfg.model.n_params:,} parameters on {self.device} x{self.info.world_size}, "
                     f"{self.tokens_per_step:,} tokens/step, from step {s.step}")
         with StopSignals() as signals:  # also covers the first eval, so Ctrl-C there saves too
             if fresh:
                 self.eval_and_save_best(None)
-            bar = tqdm(total=cfg.max_iters, initial=s.step, disable=not (self.info.is_main and cfg.progress),
-                       dynamic_ncols=True, unit="step")
+            bar = self.progress_bar()
             self.started, self.time_before = time.time(), s.train_time
             last_log, tokens_at_log = time.time(), s.tokens_seen
             evaluated_at = s.step
@@ -399,14 +396,14 @@ class _Run:
                 s.step += 1
                 s.tokens_seen += self.tokens_per_step
                 s.train_losses.append((s.step, loss))
-                bar.update(1)
+                bar.update(min(self.elapsed(), cfg.max_time) - bar.n if cfg.max_time else 1)
                 record = None
                 if s.step % cfg.log_interval == 0 or s.step % cfg.eval_interval == 0:
                     now = time.time()
                     tok_s = (s.tokens_seen - tokens_at_log) / max(now - last_log, 1e-9)
                     last_log, tokens_at_log = now, s.tokens_seen
                     record = self.train_record(loss, lr, norm, tok_s)
-                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
+                    bar.set_postfix(step=s.step, loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
                 if s.step % cfg.eval_interval == 0:
                     self.eval_and_save_best(record)
                     evaluated_at = s.step
@@ -423,6 +420,17 @@ class _Run:
         if self.log is not None:
             self.log.close()
         return self.summary()
+
+    def progress_bar(self):
+        """Over steps, or over the seconds of --max-time when there is one, so the ETA is true."""
+        from tqdm import tqdm
+
+        cfg, s = self.cfg, self.s
+        disable = not (self.info.is_main and cfg.progress)
+        if cfg.max_time:
+            return tqdm(total=cfg.max_time, initial=s.train_time, unit="s", disable=disable, dynamic_ncols=True,
+                        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]")
+        return tqdm(total=cfg.max_iters, initial=s.step, unit="step", disable=disable, dynamic_ncols=True)
 
     def elapsed(self) -> float:
         """Seconds of training in this run and the runs it resumed."""
