@@ -50,6 +50,9 @@ class ModelConfig:
     pad_token_id: int = 0
     eos_token_id: int = 1
     bos_token_id: int = 2
+    # Not in Gemma 3: training-only dropout on the embeddings, attention probabilities and residual
+    # branches, for many epochs over small data (docs/RECIPES.md). 0 is exactly Gemma 3; eval ignores it.
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.layer_types:
@@ -66,6 +69,8 @@ class ModelConfig:
         for name in ("vocab_size", "hidden_size", "n_layers", "n_heads", "head_dim", "intermediate_size", "sliding_window"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive")
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append(f"dropout must be in [0, 1), got {self.dropout}")
         if problems:
             raise TinyGemmaError("invalid model config: " + "; ".join(problems))
 

@@ -12,6 +12,9 @@ parity tests in tests/unit/test_parity.py hold us to it):
 - MLP: down(gelu_tanh(gate(x)) * up(x));
 - final RMSNorm, LM head tied to the embedding (no separate weight in the state dict).
 
+One addition, off by default: `ModelConfig.dropout` > 0 drops embeddings, attention
+probabilities and residual branches in training mode only (for many epochs over small data).
+
 Parameter names follow transformers' Gemma 3 (without the `model.` prefix), so
 import/export is a renaming of one prefix.
 """
@@ -63,6 +66,7 @@ class Attention(nn.Module):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         self.scale = cfg.query_pre_attn_scalar**-0.5
+        self.dropout = cfg.dropout  # on the attention probabilities, training only
         self.q_proj = nn.Linear(cfg.hidden_size, cfg.n_heads * cfg.head_dim, bias=False)
         self.k_proj = nn.Linear(cfg.hidden_size, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.v_proj = nn.Linear(cfg.hidden_size, cfg.n_kv_heads * cfg.head_dim, bias=False)
@@ -81,7 +85,7 @@ class Attention(nn.Module):
             k, v = layer_cache.update(k, v)  # (B, Hkv, S, D): cached keys followed by the new ones
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=mask is None, scale=self.scale,
-            enable_gqa=self.n_heads != self.n_kv_heads,
+            dropout_p=self.dropout if self.training else 0.0, enable_gqa=self.n_heads != self.n_kv_heads,
         )  # (B, H, T, D)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
@@ -108,11 +112,18 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps)
         self.pre_feedforward_layernorm = RMSNorm(cfg.hidden_size, eps)
         self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, eps)
+        self.dropout = cfg.dropout  # on each residual branch, training only
 
     def forward(self, x, cos, sin, mask, layer_cache=None):
-        x = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), cos, sin, mask, layer_cache))
-        x = x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
-        return x
+        attn = self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), cos, sin, mask, layer_cache))
+        x = x + _dropout(attn, self.dropout, self.training)
+        mlp = self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
+        return x + _dropout(mlp, self.dropout, self.training)
+
+
+def _dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """F.dropout, skipped entirely at p=0 so the default model is exactly Gemma 3 (and no slower)."""
+    return F.dropout(x, p, training) if p > 0 and training else x
 
 
 class Gemma3Model(nn.Module):
@@ -168,6 +179,7 @@ class Gemma3Model(nn.Module):
         B, T = input_ids.shape
         x = self.embed_tokens(input_ids)
         x = x * torch.tensor(self.config.hidden_size**0.5, dtype=x.dtype)  # scale in the weight dtype
+        x = _dropout(x, self.config.dropout, self.training)
         if cache is None:
             pos = torch.arange(T, device=x.device) if positions is None else positions
             masks = {True: self._sliding_mask(T, x.device), False: None}
