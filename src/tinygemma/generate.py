@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from tinygemma.decode import Decoder
 from tinygemma.errors import TinyGemmaError
 from tinygemma.model import Gemma3Model, KVCache
 
@@ -159,11 +160,10 @@ def _cached_steps(model: Gemma3Model, head: LMHead, prompt_ids, max_new_tokens):
     B, L = ids.shape
     cache = KVCache(model.config, B, L + max_new_tokens, device, dtype=model.embed_tokens.weight.dtype)
     x = model.hidden_states(ids, cache=cache, positions=pos)  # (B, L, d)
-    next_pos = pos[:, -1:] + 1  # (B, 1) each row's next position
+    decoder = Decoder(model, cache, next_pos=pos[:, -1] + 1)  # fused one-token steps (decode.py)
+    new = yield head(x[:, -1])
     while True:
-        new = yield head(x[:, -1])
-        x = model.hidden_states(new[:, None], cache=cache, positions=next_pos)  # (B, 1, d)
-        next_pos = next_pos + 1
+        new = yield head(decoder.step(new))  # (B, d) -> (B, V)
 
 
 def _uncached_steps(model: Gemma3Model, head: LMHead, prompt_ids, max_new_tokens):
