@@ -194,8 +194,12 @@ def _parse_value(raw: str, typ: Any, key: str) -> Any:
     return raw
 
 
-def apply_override(cfg: Any, assignment: str) -> None:
-    """Apply one `a.b=value` to a (nested) dataclass, parsing `value` to the field's type."""
+def apply_override(cfg: Any, assignment: str, validate: bool = True) -> None:
+    """Apply one `a.b=value` to a (nested) dataclass, parsing `value` to the field's type.
+
+    validate=False skips the root's cross-field checks, for a caller that sets several fields
+    (e.g. lr_schedule=time, then --max-time) and validates once at the end.
+    """
     if "=" not in assignment:
         raise TinyGemmaError(f"--set {assignment!r}: expected key=value, e.g. --set lr=3e-4")
     key, raw = assignment.split("=", 1)
@@ -216,7 +220,7 @@ def apply_override(cfg: Any, assignment: str) -> None:
             target = getattr(target, part)
             if not dataclasses.is_dataclass(target):
                 raise TinyGemmaError(f"--set {key}: {part!r} is not a section")
-    if hasattr(cfg, "__post_init__"):
+    if validate and hasattr(cfg, "__post_init__"):
         cfg.__post_init__()
 
 

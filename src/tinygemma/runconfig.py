@@ -65,7 +65,7 @@ def resolve_config(preset: str | None, config_file: str | None, sets: list[str],
     cfg = TrainConfig.from_dict({**raw, **({"preset": preset} if preset else {})})
     train_sets = [a for a in sets if not a.strip().startswith("model.")]
     for assignment in train_sets:
-        apply_override(cfg, assignment)
+        apply_override(cfg, assignment, validate=False)  # checked once below, after the flags
     for k, v in flags.items():
         setattr(cfg, k, v)
     cfg.__post_init__()

@@ -166,6 +166,15 @@ def test_time_schedule_follows_the_time_budget_and_needs_max_time():
         TrainConfig(lr_schedule="time")
 
 
+def test_set_lr_schedule_time_with_the_max_time_flag(tmp_path, data):
+    # `--set lr_schedule=time --max-time 60`: the flag arrives after the --set, so checking each --set
+    # on its own would refuse a valid command line.
+    cfg = resolve_config("tiny", None, ["lr_schedule=time"], {"data_dir": str(tmp_path / "data"), "max_time": 60.0})
+    assert (cfg.lr_schedule, cfg.max_time) == ("time", 60.0)
+    with pytest.raises(TinyGemmaError, match="needs max_time"):
+        resolve_config("tiny", None, ["lr_schedule=time"], {"data_dir": str(tmp_path / "data")})
+
+
 def test_max_time_stops_a_time_scheduled_run_and_counts_across_resumes(tmp_path, data):
     summary = train(tiny_run(tmp_path, max_iters=10**6, lr_schedule="time", max_time=1.5, eval_interval=10**6))
     assert summary["stop_reason"] == "max_time=1.5s" and summary["step"] > 0
