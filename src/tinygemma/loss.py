@@ -92,6 +92,6 @@ def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.T
     """
     x2 = x.reshape(-1, x.size(-1))
     t2 = targets.reshape(-1)
-    if chunk is None:
-        chunk = _chunk_rows(x2.size(0), weight.size(0))
+    if chunk is None:  # GPUs prefer fewer, larger launches and have the memory for them
+        chunk = _chunk_rows(x2.size(0), weight.size(0), budget_bytes=(512 if x.is_cuda else 128) * 2**20)
     return _LinearCrossEntropy.apply(x2, weight, t2, chunk)

@@ -508,7 +508,10 @@ class _Run:
         rng = capture_rng()
         model = distributed.unwrap(self.model)
         tok = load_tokenizer(self.meta["tokenizer"], self.cfg.data_dir)
-        text = generate(model, tok, self.cfg.sample_prompt, max_new_tokens=self.cfg.sample_tokens, seed=0)[0]
+        # Eager even when training is compiled: one short sample with a growing KV cache would
+        # otherwise trigger a recompile per new shape.
+        with torch.compiler.set_stance("force_eager"):
+            text = generate(model, tok, self.cfg.sample_prompt, max_new_tokens=self.cfg.sample_tokens, seed=0)[0]
         model.train()
         restore_rng(rng)
         self.print0("sample: " + " ".join(text.split()))
