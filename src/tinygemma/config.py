@@ -50,8 +50,8 @@ class ModelConfig:
     pad_token_id: int = 0
     eos_token_id: int = 1
     bos_token_id: int = 2
-    # Not in Gemma 3: training-only dropout on the embeddings, attention probabilities and residual
-    # branches, for many epochs over small data (docs/RECIPES.md). 0 is exactly Gemma 3; eval ignores it.
+    # Not in Gemma 3: training-only dropout on the embeddings and residual branches, for many epochs
+    # over small data (docs/RECIPES.md). 0 is exactly Gemma 3; eval mode ignores it.
     dropout: float = 0.0
 
     def __post_init__(self) -> None:

@@ -44,20 +44,6 @@ def test_dropout_changes_training_outputs_only(tiny_cfg):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in dropped.parameters())
 
 
-def test_dropout_reaches_attention_probabilities(tiny_cfg):
-    """Dropout on the attention weights alone (residual dropout is checked above): SDPA gets dropout_p."""
-    _, dropped = _pair(tiny_cfg, 0.5)
-    attn = dropped.layers[0].self_attn
-    x = torch.randn(1, 6, tiny_cfg.hidden_size)
-    cos = torch.ones(6, tiny_cfg.head_dim)
-    sin = torch.zeros(6, tiny_cfg.head_dim)
-    attn.eval()
-    ref = attn(x, cos, sin, None)
-    attn.train()
-    torch.manual_seed(3)
-    assert not torch.allclose(attn(x, cos, sin, None), ref)
-
-
 def test_dropout_is_validated_and_settable():
     with pytest.raises(TinyGemmaError, match="dropout"):
         ModelConfig(dropout=1.0)
