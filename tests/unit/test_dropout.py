@@ -50,3 +50,13 @@ def test_dropout_is_validated_and_settable():
     cfg = apply_overrides(ModelConfig(), ["dropout=0.1"])
     assert cfg.dropout == 0.1
     assert ModelConfig.from_dict({k: v for k, v in cfg.to_dict().items() if k != "dropout"}).dropout == 0.0
+
+
+def test_export_leaves_dropout_behind(tiny_cfg):
+    """Training-only: the HF config of a model trained with dropout describes the eval-mode model."""
+    from tinygemma.hf import from_hf_config, to_hf_config
+
+    hf = to_hf_config(dataclasses.replace(tiny_cfg, dropout=0.2))
+    assert hf["attention_dropout"] == 0.0
+    back = from_hf_config(hf)
+    assert back.dropout == 0.0 and back.hidden_size == tiny_cfg.hidden_size
