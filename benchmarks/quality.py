@@ -58,7 +58,7 @@ def run_ours(train_file: Path, valid_file: Path, seconds: float, work: Path, see
     meta = prepare(str(train_file), val_source=str(valid_file), tokenizer=RECIPE.tokenizer, out=data, quiet=True,
                    progress=False)
     cfg = RECIPE.train_config(str(data), str(work / "ours_model"), meta["tokenizer"]["vocab_size"],
-                              max_time=seconds, seed=seed, progress=False)
+                              max_time=seconds, train_tokens=meta["train"]["tokens"], seed=seed, progress=False)
     t0 = time.time()
     summary = train(cfg)
     wall = time.time() - t0

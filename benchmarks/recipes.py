@@ -6,6 +6,11 @@ scored in bits per byte on the same validation file (tinygemma.evaluate, whole s
 winner becomes tinygemma.quickstart.RECIPE; the table goes to docs/RECIPES.md.
 
     python benchmarks/recipes.py --minutes 2.5 --results /tmp/recipes.jsonl
+
+--fixed-tokens trains each recipe for the tokens that its measured 2-core CPU speed
+(Recipe.tokens_per_s) gives in --minutes, with the cosine over those steps, instead of for
+the wall-clock minutes: the same comparison on a machine that other work shares, or on a GPU
+(--device cuda). Its tokens/s column is then the assumed speed, not a measurement.
 """
 
 from __future__ import annotations
@@ -28,24 +33,34 @@ from quality import cpu_name  # noqa: E402
 
 
 def candidates():
+    """Name -> Recipe. tokens_per_s: each one's measured 2-core CPU speed, used by --fixed-tokens."""
     from tinygemma.quickstart import Recipe
 
-    small = Recipe(tokenizer="bpe:4096", preset="small", block_size=256, batch_size=16, lr=2e-3, min_lr=2e-4)
-    mini = replace(small, preset="mini", lr=3e-3, min_lr=3e-4)
-    mid = ["n_layers=6", "hidden_size=192", "head_dim=48", "intermediate_size=768", "query_pre_attn_scalar=48"]
+    small = Recipe(tokenizer="bpe:4096", preset="small", block_size=256, batch_size=16, lr=2e-3, min_lr=2e-4,
+                   dropout=0.0, tokens_per_s=2_500)
+    mini = replace(small, preset="mini", lr=3e-3, min_lr=3e-4, tokens_per_s=9_100)
+    mid4 = ["hidden_size=192", "head_dim=48", "intermediate_size=768", "query_pre_attn_scalar=48"]
+    mid = ["n_layers=6"] + mid4
+    drop = replace(mini, dropout=0.2, tokens_per_s=8_500)  # residual dropout costs ~7% of the speed
     return {
         "small, bpe:4096, lr 2e-3": small,
         "mini, bpe:4096, lr 3e-3": mini,
         "mini, bpe:2048, lr 3e-3": replace(mini, tokenizer="bpe:2048"),
         "mini, bpe:4096, lr 5e-3": replace(mini, lr=5e-3, min_lr=5e-4),
         "mini, bpe:4096, bf16 autocast": replace(mini, dtype="bfloat16"),
-        "mini d192 x 6 layers, bpe:4096, lr 3e-3": replace(mini, model_overrides=mid),
+        "mini d192 x 6 layers, bpe:4096, lr 3e-3": replace(mini, model_overrides=mid, tokens_per_s=4_250),
         "small, bpe:4096, bf16 autocast": replace(small, dtype="bfloat16"),
         "small, gpt2": replace(small, tokenizer="gpt2"),
+        # dropout for the many passes a 1 MB file gets in 10 minutes (docs/RECIPES.md)
+        "mini, bpe:4096, dropout 0.2": drop,
+        "mini, bpe:4096, dropout 0.3": replace(drop, dropout=0.3),
+        "mini, bpe:4096, dropout 0.2, batch 8": replace(drop, batch_size=8),
+        "mini d192 x 4 layers, dropout 0.2": replace(drop, model_overrides=mid4, tokens_per_s=5_280),
     }
 
 
-def run_one(name, recipe, train_file: Path, valid_file: Path, seconds: float, work: Path) -> dict:
+def run_one(name, recipe, train_file: Path, valid_file: Path, seconds: float, work: Path, fixed_tokens: bool = False,
+            device: str = "auto") -> dict:
     from tinygemma.checkpoint import load_model
     from tinygemma.data import prepare
     from tinygemma.evaluate import evaluate_split
@@ -56,15 +71,18 @@ def run_one(name, recipe, train_file: Path, valid_file: Path, seconds: float, wo
                    progress=False)
     out = work / "model"
     cfg = recipe.train_config(str(data), str(out), meta["tokenizer"]["vocab_size"], max_time=seconds,
-                              progress=False, force=True)
+                              train_tokens=meta["train"]["tokens"], progress=False, force=True, device=device)
+    if fixed_tokens:
+        steps = int(recipe.tokens_per_s * seconds) // (recipe.batch_size * recipe.block_size)
+        cfg.max_time, cfg.lr_schedule, cfg.max_iters, cfg.lr_decay_iters = None, "steps", steps, steps
     t0 = time.time()
     summary = train(cfg)
-    wall = time.time() - t0
-    model, _, _ = load_model(out)
-    ev = evaluate_split(model, data, "validation", block_size=recipe.block_size)
+    wall = seconds if fixed_tokens else time.time() - t0
+    model, _, _ = load_model(out, device=cfg.device if cfg.device != "auto" else "cpu")
+    ev = evaluate_split(model, data, "validation", block_size=recipe.block_size, device=model.embed_tokens.weight.device)
     return {"recipe": name, **asdict(recipe), "params": model.config.n_params, "bpb": ev["bpb"],
             "val_loss": ev["loss"], "tokens_seen": summary["tokens_seen"], "tok_per_s": summary["tokens_seen"] / wall,
-            "steps": summary["step"]}
+            "steps": summary["step"], "fixed_tokens": fixed_tokens}
 
 
 def main() -> int:
@@ -74,6 +92,9 @@ def main() -> int:
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--only", nargs="*", help="run only these recipe names")
     ap.add_argument("--results", type=Path, default=Path("recipes.jsonl"), help="JSON lines, appended per recipe")
+    ap.add_argument("--fixed-tokens", action="store_true",
+                    help="train for Recipe.tokens_per_s x --minutes tokens instead of for the wall-clock time")
+    ap.add_argument("--device", default="auto", help="with --fixed-tokens: cpu, cuda, ... (default auto)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     done = set()
@@ -83,7 +104,8 @@ def main() -> int:
         for name, recipe in candidates().items():
             if (args.only and name not in args.only) or name in done:
                 continue
-            row = run_one(name, recipe, args.train, args.valid, args.minutes * 60, Path(tmp))
+            row = run_one(name, recipe, args.train, args.valid, args.minutes * 60, Path(tmp), args.fixed_tokens,
+                          args.device)
             with args.results.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             print(f"{name}: {row['bpb']:.4f} bpb, {row['tok_per_s']:,.0f} tok/s, {row['tokens_seen']:,} tokens",

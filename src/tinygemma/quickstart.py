@@ -14,7 +14,7 @@ import json
 import os
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tinygemma.config import TrainConfig, apply_overrides, model_preset
@@ -24,6 +24,10 @@ from tinygemma.fsutil import atomic_write_json
 HUB_DATASET = "roneneldan/TinyStories"
 EVAL_TOKENS = 250_000  # the report scores at most this many validation tokens (about 1 MB of text)
 STATE_NAME = "quickstart.json"  # beside the model: {"status": "running" | "interrupted" | "done", ...}
+# Without dropout the recipe overfits once it has seen its training data about 8 times (validation loss
+# turns up at ~2M tokens of a 233k-token file, docs/RECIPES.md); past that, dropout 0.2 scored best.
+OVERFIT_EPOCHS = 8.0
+AUTO_DROPOUT = 0.2
 
 
 @dataclass
@@ -43,9 +47,25 @@ class Recipe:
     eval_windows: int = 32
     compile: bool = False
     dtype: str = "float32"  # "bfloat16": autocast on CPUs with AVX512-BF16/AMX
+    dropout: float | None = None  # None: AUTO_DROPOUT when the budget repeats the data > OVERFIT_EPOCHS times, else 0
+    tokens_per_s: float = 9_000  # this recipe's speed on a 2-core CPU (docs/RECIPES.md), to predict the epochs
 
-    def train_config(self, data_dir: str, out_dir: str, vocab_size: int, max_time: float, **extra) -> TrainConfig:
+    def epochs(self, train_tokens: int, max_time: float) -> float:
+        """How many times `max_time` seconds at tokens_per_s go through `train_tokens` tokens."""
+        return self.tokens_per_s * max_time / max(train_tokens, 1)
+
+    def dropout_for(self, train_tokens: int | None, max_time: float) -> float:
+        if self.dropout is not None:
+            return self.dropout
+        if train_tokens is None:
+            return 0.0
+        return AUTO_DROPOUT if self.epochs(train_tokens, max_time) > OVERFIT_EPOCHS else 0.0
+
+    def train_config(self, data_dir: str, out_dir: str, vocab_size: int, max_time: float,
+                     train_tokens: int | None = None, **extra) -> TrainConfig:
+        """`train_tokens` (the prepared train split's size) lets dropout follow the expected epochs."""
         model = model_preset(self.preset, vocab_size=vocab_size)
+        model.dropout = self.dropout_for(train_tokens, max_time)
         apply_overrides(model, self.model_overrides)
         return TrainConfig(
             data_dir=data_dir, out_dir=out_dir, preset=self.preset, model=model, block_size=self.block_size,
@@ -91,11 +111,12 @@ def _train(cfg: TrainConfig, out_dir: Path, resume: bool) -> dict:
     from tinygemma.train import train
 
     cfg.resume = resume
-    atomic_write_json(out_dir / STATE_NAME, {"status": "running", "data_dir": cfg.data_dir, "max_time": cfg.max_time})
+    atomic_write_json(out_dir / STATE_NAME, {"status": "running", "data_dir": cfg.data_dir, "max_time": cfg.max_time,
+                                            "dropout": cfg.model.dropout})
     summary = train(cfg)
     interrupted = summary["stop_reason"] in ("SIGINT", "SIGTERM")
     atomic_write_json(out_dir / STATE_NAME, {"status": "interrupted" if interrupted else "done",
-                                            "data_dir": cfg.data_dir, "max_time": cfg.max_time,
+                                            "data_dir": cfg.data_dir, "max_time": cfg.max_time, "dropout": cfg.model.dropout,
                                             "step": summary["step"], "tokens_seen": summary["tokens_seen"]})
     if interrupted:
         raise KeyboardInterrupt
@@ -143,8 +164,15 @@ def quickstart(source: str | None = None, val_source: str | None = None, minutes
     if resume:
         print(f"resuming the interrupted quickstart in {out} from step {state.get('step', '?')} "
               "(pass --fresh to start over)", flush=True)
+        if state.get("dropout") is not None:  # the run's own, even if --time (and so the epochs) changed
+            recipe = replace(recipe, dropout=state["dropout"])
     cfg = recipe.train_config(data_dir, out_dir, meta["tokenizer"]["vocab_size"], max_time=minutes * 60,
-                              seed=seed, sample_every_eval=True, progress=progress, force=not resume)
+                              train_tokens=meta["train"]["tokens"], seed=seed, sample_every_eval=True,
+                              progress=progress, force=not resume)
+    epochs = recipe.epochs(meta["train"]["tokens"], minutes * 60)
+    print(f"recipe: {recipe.preset}, {recipe.tokenizer}, dropout {cfg.model.dropout:g} "
+          f"(about {epochs:.1f} passes over {meta['train']['tokens']:,} training tokens in {minutes:g} min "
+          f"on a 2-core CPU)", flush=True)
     t0 = time.time()
     summary = _train(cfg, out, resume)
     print(f"trained {summary['step']:,} steps, {summary['tokens_seen']:,} tokens in {time.time() - t0:.0f} s "
