@@ -1,9 +1,10 @@
 """Sampling from a Gemma3Model with a KV cache.
 
 - `generate_ids`: batches of prompts of different lengths (left padding; positions -1 on
-  the pads), one prefill pass, then one token per step through the KVCache. Sliding layers
-  keep only `sliding_window` keys, full layers keep everything, so memory is bounded by the
-  full layers: (n_full_layers * 2 * B * n_kv_heads * max_len * head_dim) values.
+  the pads), one prefill pass through the model's KVCache, then one token per step through
+  decode.Decoder (the same maths with fewer ops). Sliding layers keep only `sliding_window`
+  keys, full layers keep everything, so memory is bounded by the full layers:
+  (n_full_layers * 2 * B * n_kv_heads * max_len * head_dim) values.
 - `generate`: text in, text out, with optional streaming of the new text.
 
 Greedy decoding is `temperature=0`. Each row stops at the tokenizer's end-of-text id or after
