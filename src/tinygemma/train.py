@@ -331,10 +331,20 @@ def _parallelize(model: Gemma3Model, cfg: TrainConfig, info: DistInfo, device: t
     """torch.compile (in place, so parameter names stay the same), then DDP or FSDP2."""
     use_compile = COMPILE_DEFAULT.get(device.type, False) if cfg.compile is None else cfg.compile
     if use_compile:
-        for module in (model.layers if cfg.fsdp else [model]):
-            module.compile()
+        compile_model(model, per_block=cfg.fsdp or device.type == "cpu")
     mp_dtype = torch.bfloat16 if (device.type == "cuda" and cfg.dtype != "float32") else None
     return distributed.wrap(model, info, device, cfg.fsdp, mp_dtype)
+
+
+def compile_model(model: Gemma3Model, per_block: bool) -> None:
+    """torch.compile in place, so parameter names (checkpoints) stay the same.
+
+    per_block compiles each transformer block and leaves the embedding and the chunked loss eager:
+    FSDP2 needs it (one graph per sharded block), and on CPU it is the variant that pays (the whole
+    model, loss included, was 1.6x slower there; the blocks alone are faster, docs/BENCHMARKS.md).
+    """
+    for module in (model.layers if per_block else [model]):
+        module.compile()
 
 
 def _restore(state: dict, model, optimizer, sampler, info: DistInfo) -> tuple[LoopState, list]:

@@ -181,3 +181,16 @@ def test_max_time_stops_a_time_scheduled_run_and_counts_across_resumes(tmp_path,
     assert checkpoint.load_resume(tmp_path / "out")["train_time"] >= 1.5
     again = train(tiny_run(tmp_path, max_iters=10**6, lr_schedule="time", max_time=1.5, eval_interval=10**6, resume=True))
     assert again["step"] == summary["step"]  # the budget was already spent
+
+
+@pytest.mark.slow
+def test_compile_on_cpu_trains_the_same_losses(tmp_path, data):
+    # --compile on CPU compiles each block (train.compile_model); the losses must match eager ones and
+    # the checkpoint keeps the plain parameter names, so the seed's loading code still works.
+    eager = train(tiny_run(tmp_path, out="eager", max_iters=3, compile=False))
+    compiled = train(tiny_run(tmp_path, out="compiled", max_iters=3, compile=True))
+    assert [s for s, _ in compiled["train_losses"]] == [1, 2, 3]
+    for (_, a), (_, b) in zip(eager["train_losses"], compiled["train_losses"]):
+        assert b == pytest.approx(a, abs=1e-4)
+    sd = torch.load(tmp_path / "compiled" / checkpoint.BEST_NAME, weights_only=True)
+    assert set(sd) == set(Gemma3Model(tiny(vocab_size=256)).state_dict())
