@@ -23,17 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train import _hf_model, _hf_step  # noqa: E402  (the CPU benchmark's HF step: the same baseline)
-
-
-class _Batches:
-    def __init__(self, batches):
-        self.batches, self.i = batches, 0
-
-    def next_batch(self):
-        b = self.batches[self.i % len(self.batches)]
-        self.i += 1
-        return b
+from train import _Batches, _hf_model, _hf_step  # noqa: E402  (the CPU benchmark's pieces: the same baseline)
 
 
 def sdpa_backends(cfg, device) -> dict:
