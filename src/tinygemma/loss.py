@@ -19,6 +19,20 @@ from __future__ import annotations
 import torch
 
 IGNORE_INDEX = -1
+VOCAB_ALIGN = 64  # the head's matmuls run on a weight padded to a multiple of this many rows
+
+
+def _padded(weight: torch.Tensor) -> torch.Tensor:
+    """`weight` (V, C) with zero rows appended up to a multiple of VOCAB_ALIGN (itself if aligned).
+
+    BLAS kernels are much slower on an odd vocabulary: with GPT-2's V = 50,257 the
+    (rows, 256) x (256, V) logits matmul ran at about half the speed of V = 50,304 on a
+    2-core AVX2 CPU (benchmarks/train.py, docs/BENCHMARKS.md). The copy costs one pass
+    over the weight; the padded logits are set to -inf, so they change nothing.
+    """
+    V = weight.size(0)
+    extra = -V % VOCAB_ALIGN
+    return torch.cat((weight, weight.new_zeros(extra, weight.size(1)))) if extra else weight
 
 
 def _chunk_rows(n_rows: int, vocab: int, budget_bytes: int = 128 * 2**20, min_rows: int = 512) -> int:
@@ -35,7 +49,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int):
         # x (N, C), weight (V, C), targets (N,) int64
-        N = x.size(0)
+        N, V = x.size(0), weight.size(0)
+        weight = _padded(weight)  # (Vp, C), Vp >= V
         valid = targets != IGNORE_INDEX
         n_valid = valid.sum()
         acc = torch.promote_types(x.dtype, torch.float32)  # fp32, or fp64 in tests
@@ -43,7 +58,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         total = torch.zeros((), dtype=acc, device=x.device)
         grad_x = torch.empty_like(x) if needs_grad else None
-        grad_w = torch.zeros(weight.shape, dtype=acc, device=x.device) if needs_grad else None
+        grad_w = torch.empty(weight.shape, dtype=acc, device=x.device) if needs_grad else None  # first chunk writes it
         # One (chunk, V) buffer reused by every chunk: a fresh 100+ MB tensor per chunk costs page
         # faults on CPU (~15% of the head's time). Under autocast the matmul picks its own dtype.
         plain = x.dtype == weight.dtype == acc and not torch.is_autocast_enabled(x.device.type)
@@ -54,6 +69,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 logits = torch.mm(xs, weight.t(), out=buf[: xs.size(0)])  # (n, V): the only vocab-wide block
             else:
                 logits = (xs @ weight.t()).to(acc)
+            logits[:, V:] = float("-inf")  # the padding rows: exp() = 0, so no probability and no gradient
             safe_t = ts.clamp(min=0)
             target_logit = logits.gather(1, safe_t[:, None]).squeeze(1)  # (n,)
             # logsumexp by hand so the exp pass is reused for the softmax: 3 passes over (n, V), not 6
@@ -69,19 +85,29 @@ class _LinearCrossEntropy(torch.autograd.Function):
             probs.scatter_add_(1, safe_t[:, None], -(vs.to(acc) * scale)[:, None])
             g = probs.to(x.dtype)
             grad_x[start : start + chunk] = g @ weight
-            if g.dtype == acc and xs.dtype == acc:
-                grad_w.addmm_(g.t(), xs)  # no (V, C) temporary on the full-precision path
+            if g.dtype == acc and xs.dtype == acc:  # no (V, C) temporary on the full-precision path
+                if start == 0:
+                    torch.mm(g.t(), xs, out=grad_w)
+                else:
+                    grad_w.addmm_(g.t(), xs)
+            elif start == 0:
+                grad_w.copy_(g.t() @ xs)  # bf16 matmul (autocast), fp32 accumulation
             else:
-                grad_w += (g.t() @ xs).to(acc)  # bf16 matmul (autocast), fp32 accumulation
-        ctx.save_for_backward(grad_x, grad_w.to(weight.dtype) if needs_grad else None)
+                grad_w += (g.t() @ xs).to(acc)
+        # Kept on ctx rather than saved: backward scales them in place (no second (V, C) tensor)
+        # and drops them, like a freed graph.
+        ctx.grads = (grad_x, grad_w[:V].to(weight.dtype)) if needs_grad else (None, None)
         # all targets ignored -> nan, as F.cross_entropy
         return total / n_valid.to(acc)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        grad_x, grad_w = ctx.saved_tensors
-        gx = grad_x * grad_out.to(grad_x.dtype) if ctx.needs_input_grad[0] else None
-        gw = grad_w * grad_out.to(grad_w.dtype) if ctx.needs_input_grad[1] else None
+        if ctx.grads is None:
+            raise RuntimeError("linear_cross_entropy: backward through the same loss twice is not supported")
+        grad_x, grad_w = ctx.grads
+        ctx.grads = None
+        gx = grad_x.mul_(grad_out) if ctx.needs_input_grad[0] else None
+        gw = grad_w.mul_(grad_out) if ctx.needs_input_grad[1] else None
         return gx, gw, None, None
 
 

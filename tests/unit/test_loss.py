@@ -54,3 +54,27 @@ def test_inference_logits_unchanged(tiny_cfg):
     logits, loss = model(x)
     assert loss is None
     torch.testing.assert_close(logits, model(x, x, return_logits=True)[0])
+
+
+@pytest.mark.parametrize("vocab", [128, 129, 50])
+def test_padded_vocab_changes_nothing(vocab):
+    """The head runs on a weight padded to a multiple of 64 rows; the padding gets no probability."""
+    x = torch.randn(9, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(vocab, 8, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(vocab, (9,))
+    ours = linear_cross_entropy(x, w, t)
+    ours.backward()
+    assert w.grad.shape == w.shape
+    ref_gx, ref_gw = torch.autograd.grad(_reference(x, w, t), (x, w))
+    torch.testing.assert_close(ours, _reference(x, w, t), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(x.grad, ref_gx, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(w.grad, ref_gw, rtol=1e-9, atol=1e-12)
+
+
+def test_second_backward_is_a_clear_error():
+    x = torch.randn(4, 8, requires_grad=True)
+    w = torch.randn(10, 8, requires_grad=True)
+    loss = linear_cross_entropy(x, w, torch.randint(10, (4,)))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="twice"):
+        loss.backward()
