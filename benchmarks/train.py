@@ -4,9 +4,12 @@ Same model shape and initial weights, same batches from the same prepared data, 
 (lr 1e-3, betas 0.9/0.95, weight decay 0.1 on matrices only, grad clip 1.0), fp32, CPU,
 torch.set_num_threads(THREADS). Each measurement runs in a fresh spawned process (so peak RSS
 is per model) and the variants alternate within one invocation. HF gets `shift_labels=y`, so
-both predict the same T targets per row. Prints a markdown table with the ratio.
+both predict the same T targets per row. Ours runs as `tinygemma train` does on CPU, with
+`train.keep_freed_memory()`; `--hf-heap` adds a row where HF gets that allocator setting too.
+Prints a markdown table with the ratio.
 
-    flock /tmp/tinygemma-cpu.lock python benchmarks/train.py [--quick] [--compile] [--bf16]
+    flock /tmp/tinygemma-cpu.lock python benchmarks/train.py [--quick] [--compile] [--bf16] [--hf-heap]
+    python benchmarks/train.py --interleaved 10   # one process, steps alternating: the drift-proof ratio
 
 Data: the shared TinyStories sample tokenised with GPT-2 when /work/shared/data has it,
 otherwise random GPT-2-range ids (speed does not depend on the token values).
@@ -31,8 +34,8 @@ import numpy as np
 THREADS = 2
 SHARED = Path("/work/shared/data")
 SIZES = {  # name: (preset, batch, block, warmup steps, timed steps)
-    "small": ("small", 8, 256, 2, 5),
-    "270M-shaped": ("gemma3-270m", 2, 256, 1, 3),
+    "small": ("small", 8, 256, 3, 8),
+    "270M-shaped": ("gemma3-270m", 2, 256, 2, 5),
 }
 
 
@@ -75,9 +78,11 @@ def measure(variant: str, size: str, data_dir: str) -> dict:
     from tinygemma.data import BatchSampler
     from tinygemma.distributed import DistInfo
     from tinygemma.model import Gemma3Model
-    from tinygemma.train import build_optimizer, compile_model, train_step
+    from tinygemma.train import build_optimizer, compile_model, keep_freed_memory, train_step
 
     torch.set_num_threads(THREADS)
+    if not variant.startswith("hf") or "heap" in variant:
+        keep_freed_memory()  # what `tinygemma train` does on CPU; "hf heap" gives the baseline the same
     preset, batch, block, warmup, steps = SIZES[size]
     cfg = model_preset(preset, 50257)
     tcfg = TrainConfig(lr=1e-3, beta1=0.9, beta2=0.95, weight_decay=0.1, grad_clip=1.0, batch_size=batch, block_size=block)
@@ -107,6 +112,49 @@ def measure(variant: str, size: str, data_dir: str) -> dict:
     return {"variant": variant, "size": size, "ms_per_step": ms, "tok_per_s": batch * block / ms * 1000,
             "first_loss": losses[0], "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "first_step_s": times[0], "params": cfg.n_params, "batch": batch, "block": block}
+
+
+def interleaved(size: str, data_dir: str, steps: int) -> dict:
+    """Both models in one process, one step each in turn, with the same allocator setting.
+
+    This machine's speed drifts by 10-20% over minutes (a shared VM), which separate processes
+    see as noise in the ratio; alternating single steps puts ours and HF under the same drift.
+    """
+    import torch
+
+    from tinygemma.config import TrainConfig, model_preset
+    from tinygemma.data import BatchSampler
+    from tinygemma.distributed import DistInfo
+    from tinygemma.model import Gemma3Model
+    from tinygemma.train import build_optimizer, keep_freed_memory, train_step
+
+    torch.set_num_threads(THREADS)
+    keep_freed_memory()
+    preset, batch, block, warmup, _ = SIZES[size]
+    cfg = model_preset(preset, 50257)
+    tcfg = TrainConfig(lr=1e-3, beta1=0.9, beta2=0.95, weight_decay=0.1, grad_clip=1.0, batch_size=batch, block_size=block)
+    sampler = BatchSampler(data_dir, "train", block, batch, seed=0)
+    batches = [sampler.next_batch() for _ in range(warmup + steps)]
+    torch.manual_seed(0)
+    ours = Gemma3Model(cfg)
+    hf = _hf_model(cfg, ours.state_dict())
+    opt_ours, opt_hf = build_optimizer(ours, tcfg, torch.device("cpu")), build_optimizer(hf, tcfg, torch.device("cpu"))
+    data = _Batches(batches)
+    t_ours, t_hf = [], []
+    for i in range(warmup + steps):
+        x, y = batches[i]
+        t0 = time.perf_counter()
+        train_step(ours, opt_ours, data, tcfg, _null(), DistInfo(), torch.device("cpu"), 1e-3)
+        t1 = time.perf_counter()
+        _hf_step(hf, opt_hf, _null(), x, y)
+        t2 = time.perf_counter()
+        if i >= warmup:
+            t_ours.append(t1 - t0)
+            t_hf.append(t2 - t1)
+    ours_ms, hf_ms = 1000 * float(np.median(t_ours)), 1000 * float(np.median(t_hf))
+    step_ratios = np.array(t_hf) / np.array(t_ours)
+    return {"size": size, "steps": steps, "ours_ms": ours_ms, "hf_ms": hf_ms, "ratio": hf_ms / ours_ms,
+            "step_ratio_min": float(step_ratios.min()), "step_ratio_max": float(step_ratios.max())}
 
 
 def _null():
@@ -145,13 +193,24 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="only the small size")
     ap.add_argument("--compile", action="store_true", help="also time our model with its blocks compiled (torch.compile, as `train --compile` on CPU)")
     ap.add_argument("--bf16", action="store_true", help="also time both under CPU bf16 autocast (AVX512-BF16/AMX CPUs)")
+    ap.add_argument("--hf-heap", action="store_true", help="also time HF with our CPU allocator setting (train.keep_freed_memory)")
     ap.add_argument("--repeats", type=int, default=1, help="alternate the variants this many times; report the best")
+    ap.add_argument("--interleaved", type=int, metavar="STEPS", default=0,
+                    help="instead: ours and HF in one process, alternating STEPS timed steps each, same allocator")
     args = ap.parse_args()
-    variants = ["ours", "hf"] + (["ours+compile"] if args.compile else []) + (["ours bf16", "hf bf16"] if args.bf16 else [])
+    variants = ["ours", "hf"] + (["hf heap"] if args.hf_heap else []) + (["ours+compile"] if args.compile else []) + (["ours bf16", "hf bf16"] if args.bf16 else [])
     sizes = ["small"] if args.quick else list(SIZES)
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
         source = prepare_data(Path(tmp) / "data")
+        if args.interleaved:
+            for size in sizes:
+                with cf.ProcessPoolExecutor(1, mp_context=ctx) as pool:
+                    r = pool.submit(interleaved, size, str(Path(tmp) / "data"), args.interleaved).result()
+                print(json.dumps(r), flush=True)
+                print(f"| {size} | interleaved, {r['steps']} steps each | ours {r['ours_ms']:.0f} ms | HF {r['hf_ms']:.0f} ms "
+                      f"| {r['ratio']:.2f}x (per step {r['step_ratio_min']:.2f}-{r['step_ratio_max']:.2f}x) |", flush=True)
+            return
         results: dict[tuple, dict] = {}
         for size in sizes:
             for _ in range(args.repeats):

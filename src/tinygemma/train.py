@@ -12,8 +12,10 @@ hint and leaves the last good checkpoint alone. Parallelism lives in distributed
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import math
+import platform
 import random
 import signal
 import time
@@ -61,6 +63,22 @@ def autocast_context(cfg: TrainConfig, device: torch.device):
     if not use_bf16:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def keep_freed_memory() -> bool:
+    """CPU training: glibc keeps freed memory for reuse instead of handing it back to the kernel.
+
+    Every step frees and reallocates the same large tensors (the (V, C) gradients of the tied
+    head, the MLP activations). glibc returns blocks over 32 MB to the kernel with munmap, so
+    each step page-faults them in again and the kernel zeroes them: a 270M-shaped CPU step was
+    about 15% faster without that (docs/BENCHMARKS.md ## Training). The process's RSS then stays
+    at its peak. Returns False (and changes nothing) where the C library is not glibc.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL("libc.so.6")
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # malloc.h
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def lr_at(step: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
@@ -290,6 +308,8 @@ def _run(cfg: TrainConfig, device: torch.device, info: DistInfo, on_eval) -> dic
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    elif device.type == "cpu":
+        keep_freed_memory()
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank (FSDP2 shards each rank's copy)
     model = Gemma3Model(model_cfg)
     if state is not None:

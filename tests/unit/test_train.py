@@ -194,3 +194,28 @@ def test_compile_on_cpu_trains_the_same_losses(tmp_path, data):
         assert b == pytest.approx(a, abs=1e-4)
     sd = torch.load(tmp_path / "compiled" / checkpoint.BEST_NAME, weights_only=True)
     assert set(sd) == set(Gemma3Model(tiny(vocab_size=256)).state_dict())
+
+
+def test_keep_freed_memory_stops_large_blocks_going_back_to_the_kernel():
+    """After keep_freed_memory(), a 64 MB tensor comes from the heap, not a fresh mmap (run in a child)."""
+    import subprocess
+    import sys
+
+    code = """
+import ctypes, torch
+from tinygemma.train import keep_freed_memory
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split())]
+libc = ctypes.CDLL("libc.so.6"); libc.mallinfo2.restype = MallInfo2
+def mmapped_during_alloc():
+    t = torch.empty(16 * 2**20)  # 64 MB
+    n = libc.mallinfo2().hblkhd
+    del t
+    return n
+before = mmapped_during_alloc()
+assert keep_freed_memory()
+after = mmapped_during_alloc()
+print(before >= 64 * 2**20, after < 64 * 2**20)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "True"]
