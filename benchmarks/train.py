@@ -70,26 +70,35 @@ class _Batches:
         return b
 
 
-def measure(variant: str, size: str, data_dir: str) -> dict:
-    """Runs in a fresh process: build the model, run warmup + timed steps, report speed and peak RSS."""
+def _setup(size: str, data_dir: str, n_batches: int):
+    """In the measuring process: threads, the model config, the optimiser settings, the batches, our model."""
     import torch
 
     from tinygemma.config import TrainConfig, model_preset
     from tinygemma.data import BatchSampler
-    from tinygemma.distributed import DistInfo
     from tinygemma.model import Gemma3Model
-    from tinygemma.train import build_optimizer, compile_model, keep_freed_memory, train_step
 
     torch.set_num_threads(THREADS)
-    if not variant.startswith("hf") or "heap" in variant:
-        keep_freed_memory()  # what `tinygemma train` does on CPU; "hf heap" gives the baseline the same
-    preset, batch, block, warmup, steps = SIZES[size]
+    preset, batch, block, _, _ = SIZES[size]
     cfg = model_preset(preset, 50257)
     tcfg = TrainConfig(lr=1e-3, beta1=0.9, beta2=0.95, weight_decay=0.1, grad_clip=1.0, batch_size=batch, block_size=block)
     sampler = BatchSampler(data_dir, "train", block, batch, seed=0)
-    batches = [sampler.next_batch() for _ in range(warmup + steps)]
+    batches = [sampler.next_batch() for _ in range(n_batches)]
     torch.manual_seed(0)
-    ours = Gemma3Model(cfg)
+    return cfg, tcfg, batches, Gemma3Model(cfg)
+
+
+def measure(variant: str, size: str, data_dir: str) -> dict:
+    """Runs in a fresh process: build the model, run warmup + timed steps, report speed and peak RSS."""
+    import torch
+
+    from tinygemma.distributed import DistInfo
+    from tinygemma.train import build_optimizer, compile_model, keep_freed_memory, train_step
+
+    if not variant.startswith("hf") or "heap" in variant:
+        keep_freed_memory()  # what `tinygemma train` does on CPU; "hf heap" gives the baseline the same
+    _, batch, block, warmup, steps = SIZES[size]
+    cfg, tcfg, batches, ours = _setup(size, data_dir, warmup + steps)
     amp = torch.autocast("cpu", dtype=torch.bfloat16) if variant.endswith("bf16") else _null()
     if variant.startswith("hf"):
         model = _hf_model(cfg, ours.state_dict())
@@ -122,21 +131,12 @@ def interleaved(size: str, data_dir: str, steps: int) -> dict:
     """
     import torch
 
-    from tinygemma.config import TrainConfig, model_preset
-    from tinygemma.data import BatchSampler
     from tinygemma.distributed import DistInfo
-    from tinygemma.model import Gemma3Model
     from tinygemma.train import build_optimizer, keep_freed_memory, train_step
 
-    torch.set_num_threads(THREADS)
     keep_freed_memory()
-    preset, batch, block, warmup, _ = SIZES[size]
-    cfg = model_preset(preset, 50257)
-    tcfg = TrainConfig(lr=1e-3, beta1=0.9, beta2=0.95, weight_decay=0.1, grad_clip=1.0, batch_size=batch, block_size=block)
-    sampler = BatchSampler(data_dir, "train", block, batch, seed=0)
-    batches = [sampler.next_batch() for _ in range(warmup + steps)]
-    torch.manual_seed(0)
-    ours = Gemma3Model(cfg)
+    warmup = SIZES[size][3]
+    cfg, tcfg, batches, ours = _setup(size, data_dir, warmup + steps)
     hf = _hf_model(cfg, ours.state_dict())
     opt_ours, opt_hf = build_optimizer(ours, tcfg, torch.device("cpu")), build_optimizer(hf, tcfg, torch.device("cpu"))
     data = _Batches(batches)
