@@ -5,7 +5,7 @@ Same model shape and initial weights, same batches from the same prepared data, 
 torch.set_num_threads(THREADS). Each measurement runs in a fresh spawned process (so peak RSS
 is per model) and the variants alternate within one invocation. HF gets `shift_labels=y`, so
 both predict the same T targets per row. Ours runs as `tinygemma train` does on CPU, with
-`train.keep_freed_memory()`; `--hf-heap` adds a row where HF gets that allocator setting too.
+`device.keep_freed_memory()`; `--hf-heap` adds a row where HF gets that allocator setting too.
 Prints a markdown table with the ratio.
 
     flock /tmp/tinygemma-cpu.lock python benchmarks/train.py [--quick] [--compile] [--bf16] [--hf-heap]
@@ -93,7 +93,8 @@ def measure(variant: str, size: str, data_dir: str) -> dict:
     import torch
 
     from tinygemma.distributed import DistInfo
-    from tinygemma.train import build_optimizer, compile_model, keep_freed_memory, train_step
+    from tinygemma.device import compile_model, keep_freed_memory
+    from tinygemma.train import build_optimizer, train_step
 
     if not variant.startswith("hf") or "heap" in variant:
         keep_freed_memory()  # what `tinygemma train` does on CPU; "hf heap" gives the baseline the same
@@ -132,7 +133,8 @@ def interleaved(size: str, data_dir: str, steps: int) -> dict:
     import torch
 
     from tinygemma.distributed import DistInfo
-    from tinygemma.train import build_optimizer, keep_freed_memory, train_step
+    from tinygemma.device import keep_freed_memory
+    from tinygemma.train import build_optimizer, train_step
 
     keep_freed_memory()
     warmup = SIZES[size][3]
@@ -193,7 +195,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="only the small size")
     ap.add_argument("--compile", action="store_true", help="also time our model with its blocks compiled (torch.compile, as `train --compile` on CPU)")
     ap.add_argument("--bf16", action="store_true", help="also time both under CPU bf16 autocast (AVX512-BF16/AMX CPUs)")
-    ap.add_argument("--hf-heap", action="store_true", help="also time HF with our CPU allocator setting (train.keep_freed_memory)")
+    ap.add_argument("--hf-heap", action="store_true", help="also time HF with our CPU allocator setting (device.keep_freed_memory)")
     ap.add_argument("--repeats", type=int, default=1, help="alternate the variants this many times; report the best")
     ap.add_argument("--interleaved", type=int, metavar="STEPS", default=0,
                     help="instead: ours and HF in one process, alternating STEPS timed steps each, same allocator")

@@ -138,7 +138,7 @@ def _load_for_cli(a, need_tokenizer: bool = True):
     """-> (model, config, tokenizer, device) from the --checkpoint/--device/--tokenizer arguments."""
     from tinygemma.checkpoint import load_model
     from tinygemma.tokenizer import load_tokenizer
-    from tinygemma.train import resolve_device
+    from tinygemma.device import resolve_device
 
     device = resolve_device(a.device)
     model, cfg, tok = load_model(a.checkpoint, device=device)

@@ -11,11 +11,8 @@ hint and leaves the last good checkpoint alone. Parallelism lives in distributed
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import json
 import math
-import platform
 import random
 import signal
 import time
@@ -28,57 +25,15 @@ import torch
 
 from tinygemma import checkpoint, distributed
 from tinygemma.config import ModelConfig, TrainConfig
+from tinygemma.device import COMPILE_DEFAULT, autocast_context, compile_model, keep_freed_memory, resolve_device
 from tinygemma.distributed import DistInfo
 from tinygemma.errors import TinyGemmaError
 from tinygemma.metrics import MetricsLog, flops_per_token, peak_flops, peak_memory_mb
 from tinygemma.model import Gemma3Model
 from tinygemma.runconfig import resolve_model_config
 
-# --compile default per device, as measured (docs/BENCHMARKS.md): on CPU the compiled small-preset step
-# was 1.6x slower (plus ~35 s of compiling); on an H200 the compiled 270M step was 2.8x faster (plus ~66 s).
-COMPILE_DEFAULT = {"cpu": False, "cuda": True, "mps": False}
-
 
 # ---------------------------------------------------------------- small helpers
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks cuda, then mps, then cpu; an explicit device that is missing is a user error."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TinyGemmaError("--device cuda: no CUDA GPU is visible to PyTorch; use --device cpu or auto")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise TinyGemmaError("--device mps: MPS is not available on this machine; use --device cpu or auto")
-    return torch.device(name)
-
-
-def autocast_context(cfg: TrainConfig, device: torch.device):
-    """bf16 autocast on CUDA by default (no GradScaler needed); fp32 elsewhere unless asked."""
-    use_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.type == "cuda")
-    if not use_bf16:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
-def keep_freed_memory() -> bool:
-    """CPU training: glibc keeps freed memory for reuse instead of handing it back to the kernel.
-
-    Every step frees and reallocates the same large tensors (the (V, C) gradients of the tied
-    head, the MLP activations). glibc returns blocks over 32 MB to the kernel with munmap, so
-    each step page-faults them in again and the kernel zeroes them: a 270M-shaped CPU step was
-    about 15% faster without that (docs/BENCHMARKS.md ## Training). The process's RSS then stays
-    at its peak. Returns False (and changes nothing) where the C library is not glibc.
-    """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    libc = ctypes.CDLL("libc.so.6")
-    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # malloc.h
-    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def lr_at(step: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
@@ -354,17 +309,6 @@ def _parallelize(model: Gemma3Model, cfg: TrainConfig, info: DistInfo, device: t
         compile_model(model, per_block=cfg.fsdp or device.type == "cpu")
     mp_dtype = torch.bfloat16 if (device.type == "cuda" and cfg.dtype != "float32") else None
     return distributed.wrap(model, info, device, cfg.fsdp, mp_dtype)
-
-
-def compile_model(model: Gemma3Model, per_block: bool) -> None:
-    """torch.compile in place, so parameter names (checkpoints) stay the same.
-
-    per_block compiles each transformer block and leaves the embedding and the chunked loss eager:
-    FSDP2 needs it (one graph per sharded block), and on CPU it is the variant that pays (the whole
-    model, loss included, was 1.6x slower there; the blocks alone are faster, docs/BENCHMARKS.md).
-    """
-    for module in (model.layers if per_block else [model]):
-        module.compile()
 
 
 def _restore(state: dict, model, optimizer, sampler, info: DistInfo) -> tuple[LoopState, list]:

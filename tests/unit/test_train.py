@@ -185,7 +185,7 @@ def test_max_time_stops_a_time_scheduled_run_and_counts_across_resumes(tmp_path,
 
 @pytest.mark.slow
 def test_compile_on_cpu_trains_the_same_losses(tmp_path, data):
-    # --compile on CPU compiles each block (train.compile_model); the losses must match eager ones and
+    # --compile on CPU compiles each block (device.compile_model); the losses must match eager ones and
     # the checkpoint keeps the plain parameter names, so the seed's loading code still works.
     eager = train(tiny_run(tmp_path, out="eager", max_iters=3, compile=False))
     compiled = train(tiny_run(tmp_path, out="compiled", max_iters=3, compile=True))
@@ -203,7 +203,7 @@ def test_keep_freed_memory_stops_large_blocks_going_back_to_the_kernel():
 
     code = """
 import ctypes, torch
-from tinygemma.train import keep_freed_memory
+from tinygemma.device import keep_freed_memory
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split())]
 libc = ctypes.CDLL("libc.so.6"); libc.mallinfo2.restype = MallInfo2

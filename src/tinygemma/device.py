@@ -1,0 +1,71 @@
+"""Where and how a model runs: the device, autocast precision, torch.compile, the CPU allocator.
+
+Shared by training (train.py) and the CLI's generate/eval; nothing here knows about the loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import platform
+
+import torch
+
+from tinygemma.config import TrainConfig
+from tinygemma.errors import TinyGemmaError
+from tinygemma.model import Gemma3Model
+
+# --compile default per device, as measured (docs/BENCHMARKS.md ## Training): on CPU, compiling the blocks
+# was a tie or worse on a Zen 3 EPYC and 1.2-1.3x faster at the 270M shape on an AVX512 one, after 7-35 s
+# of compiling; on an H200 the compiled 270M step was 2.8x faster (plus ~66 s).
+COMPILE_DEFAULT = {"cpu": False, "cuda": True, "mps": False}
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks cuda, then mps, then cpu; an explicit device that is missing is a user error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TinyGemmaError("--device cuda: no CUDA GPU is visible to PyTorch; use --device cpu or auto")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise TinyGemmaError("--device mps: MPS is not available on this machine; use --device cpu or auto")
+    return torch.device(name)
+
+
+def autocast_context(cfg: TrainConfig, device: torch.device):
+    """bf16 autocast on CUDA by default (no GradScaler needed); fp32 elsewhere unless asked."""
+    use_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.type == "cuda")
+    if not use_bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def keep_freed_memory() -> bool:
+    """CPU training: glibc keeps freed memory for reuse instead of handing it back to the kernel.
+
+    Every step frees and reallocates the same large tensors (the (V, C) gradients of the tied
+    head, the MLP activations). glibc returns blocks over 32 MB to the kernel with munmap, so
+    each step page-faults them in again and the kernel zeroes them: a 270M-shaped CPU step was
+    about 15% faster without that (docs/BENCHMARKS.md ## Training). The process's RSS then stays
+    at its peak. Returns False (and changes nothing) where the C library is not glibc.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL("libc.so.6")
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # malloc.h
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def compile_model(model: Gemma3Model, per_block: bool) -> None:
+    """torch.compile in place, so parameter names (checkpoints) stay the same.
+
+    per_block compiles each transformer block and leaves the embedding and the chunked loss eager:
+    FSDP2 needs it (one graph per sharded block), and on CPU it is the variant that pays (the whole
+    model, loss included, was 1.6x slower there; the blocks alone are faster, docs/BENCHMARKS.md).
+    """
+    for module in (model.layers if per_block else [model]):
+        module.compile()
