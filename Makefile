@@ -27,6 +27,7 @@ test-fast: setup
 bench: setup
 	$(PY) benchmarks/prep.py
 	$(PY) benchmarks/train.py
+	$(PY) benchmarks/loss.py
 	$(PY) benchmarks/generate.py
 	$(PY) benchmarks/quality.py
 

@@ -10,6 +10,7 @@ Prints a markdown table with the ratio.
 
     flock /tmp/tinygemma-cpu.lock python benchmarks/train.py [--quick] [--compile] [--bf16] [--hf-heap]
     python benchmarks/train.py --interleaved 10   # one process, steps alternating: the drift-proof ratio
+    python benchmarks/train.py --interleaved 10 --bf16   # the same, both under CPU bf16 autocast
 
 Data: the shared TinyStories sample tokenised with GPT-2 when /work/shared/data has it,
 otherwise random GPT-2-range ids (speed does not depend on the token values).
@@ -124,8 +125,8 @@ def measure(variant: str, size: str, data_dir: str) -> dict:
             "first_step_s": times[0], "params": cfg.n_params, "batch": batch, "block": block}
 
 
-def interleaved(size: str, data_dir: str, steps: int) -> dict:
-    """Both models in one process, one step each in turn, with the same allocator setting.
+def interleaved(size: str, data_dir: str, steps: int, bf16: bool = False) -> dict:
+    """Both models in one process, one step each in turn, with the same allocator setting (and precision).
 
     This machine's speed drifts by 10-20% over minutes (a shared VM), which separate processes
     see as noise in the ratio; alternating single steps puts ours and HF under the same drift.
@@ -142,20 +143,21 @@ def interleaved(size: str, data_dir: str, steps: int) -> dict:
     hf = _hf_model(cfg, ours.state_dict())
     opt_ours, opt_hf = build_optimizer(ours, tcfg, torch.device("cpu")), build_optimizer(hf, tcfg, torch.device("cpu"))
     data = _Batches(batches)
+    amp = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else _null
     t_ours, t_hf = [], []
     for i in range(warmup + steps):
         x, y = batches[i]
         t0 = time.perf_counter()
-        train_step(ours, opt_ours, data, tcfg, _null(), DistInfo(), torch.device("cpu"), 1e-3)
+        train_step(ours, opt_ours, data, tcfg, amp(), DistInfo(), torch.device("cpu"), 1e-3)
         t1 = time.perf_counter()
-        _hf_step(hf, opt_hf, _null(), x, y)
+        _hf_step(hf, opt_hf, amp(), x, y)
         t2 = time.perf_counter()
         if i >= warmup:
             t_ours.append(t1 - t0)
             t_hf.append(t2 - t1)
     ours_ms, hf_ms = 1000 * float(np.median(t_ours)), 1000 * float(np.median(t_hf))
     step_ratios = np.array(t_hf) / np.array(t_ours)
-    return {"size": size, "steps": steps, "ours_ms": ours_ms, "hf_ms": hf_ms, "ratio": hf_ms / ours_ms,
+    return {"size": size, "precision": "bf16 autocast" if bf16 else "fp32", "steps": steps, "ours_ms": ours_ms, "hf_ms": hf_ms, "ratio": hf_ms / ours_ms,
             "step_ratio_min": float(step_ratios.min()), "step_ratio_max": float(step_ratios.max())}
 
 
@@ -198,7 +200,7 @@ def main() -> None:
     ap.add_argument("--hf-heap", action="store_true", help="also time HF with our CPU allocator setting (device.keep_freed_memory)")
     ap.add_argument("--repeats", type=int, default=1, help="alternate the variants this many times; report the best")
     ap.add_argument("--interleaved", type=int, metavar="STEPS", default=0,
-                    help="instead: ours and HF in one process, alternating STEPS timed steps each, same allocator")
+                    help="instead: ours and HF in one process, alternating STEPS timed steps each, same allocator (with --bf16: under bf16 autocast)")
     args = ap.parse_args()
     variants = ["ours", "hf"] + (["hf heap"] if args.hf_heap else []) + (["ours+compile"] if args.compile else []) + (["ours bf16", "hf bf16"] if args.bf16 else [])
     sizes = ["small"] if args.quick else list(SIZES)
@@ -208,9 +210,9 @@ def main() -> None:
         if args.interleaved:
             for size in sizes:
                 with cf.ProcessPoolExecutor(1, mp_context=ctx) as pool:
-                    r = pool.submit(interleaved, size, str(Path(tmp) / "data"), args.interleaved).result()
+                    r = pool.submit(interleaved, size, str(Path(tmp) / "data"), args.interleaved, args.bf16).result()
                 print(json.dumps(r), flush=True)
-                print(f"| {size} | interleaved, {r['steps']} steps each | ours {r['ours_ms']:.0f} ms | HF {r['hf_ms']:.0f} ms "
+                print(f"| {size} | interleaved, {r['precision']}, {r['steps']} steps each | ours {r['ours_ms']:.0f} ms | HF {r['hf_ms']:.0f} ms "
                       f"| {r['ratio']:.2f}x (per step {r['step_ratio_min']:.2f}-{r['step_ratio_max']:.2f}x) |", flush=True)
             return
         results: dict[tuple, dict] = {}

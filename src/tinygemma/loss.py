@@ -8,7 +8,9 @@ in chunks instead: for each chunk it computes the logits, the loss and, in the s
 pass, the gradient w.r.t. the hidden states and the head weight
 (d loss / d logits = softmax - one_hot, divided by the number of counted targets).
 Backward then only scales the stored gradients by the incoming gradient, so peak
-memory holds one (chunk, V) block instead of several (N, V) ones.
+memory holds one (chunk, V) block instead of several (N, V) ones. Under autocast (or with bf16
+inputs) the three vocab-wide matmuls run in bf16; the softmax, the loss and the head gradient's
+accumulation stay in fp32.
 
 The result equals `F.cross_entropy(F.linear(x, w).float(), targets, ignore_index=-1)`
 (mean over targets != -1); tests/unit/test_loss.py checks the loss and both gradients.
@@ -56,44 +58,52 @@ class _LinearCrossEntropy(torch.autograd.Function):
         acc = torch.promote_types(x.dtype, torch.float32)  # fp32, or fp64 in tests
         scale = 1.0 / n_valid.clamp(min=1).to(acc)
         needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        # The matmuls run in autocast's dtype (or the inputs' own, e.g. bf16 weights); the softmax,
+        # the loss and the head gradient's accumulation stay in `acc`. The inputs are cast once
+        # here, not once per chunk, and autocast is switched off so it casts nothing again.
+        dev = x.device.type
+        mm_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else torch.promote_types(x.dtype, weight.dtype)
+        xc, wc = x.to(mm_dtype), weight.to(mm_dtype)
+        full = mm_dtype == acc  # fp32 (or fp64) matmuls: write straight into the buffers below
         total = torch.zeros((), dtype=acc, device=x.device)
         grad_x = torch.empty_like(x) if needs_grad else None
         grad_w = torch.empty(weight.shape, dtype=acc, device=x.device) if needs_grad else None  # first chunk writes it
-        # One (chunk, V) buffer reused by every chunk: a fresh 100+ MB tensor per chunk costs page
-        # faults on CPU (~15% of the head's time). Under autocast the matmul picks its own dtype.
-        plain = x.dtype == weight.dtype == acc and not torch.is_autocast_enabled(x.device.type)
-        buf = torch.empty(min(chunk, N), weight.size(0), dtype=acc, device=x.device) if plain else None
-        for start in range(0, N, chunk):
-            xs, ts, vs = x[start : start + chunk], targets[start : start + chunk], valid[start : start + chunk]
-            if buf is not None:
-                logits = torch.mm(xs, weight.t(), out=buf[: xs.size(0)])  # (n, V): the only vocab-wide block
-            else:
-                logits = (xs @ weight.t()).to(acc)
-            logits[:, V:] = float("-inf")  # the padding rows: exp() = 0, so no probability and no gradient
-            safe_t = ts.clamp(min=0)
-            target_logit = logits.gather(1, safe_t[:, None]).squeeze(1)  # (n,)
-            # logsumexp by hand so the exp pass is reused for the softmax: 3 passes over (n, V), not 6
-            row_max = logits.amax(dim=-1, keepdim=True)  # (n, 1)
-            exps = logits.sub_(row_max).exp_()  # in place: logits are not needed again
-            sum_exp = exps.sum(dim=-1, keepdim=True)  # (n, 1)
-            lse = row_max.squeeze(1) + sum_exp.squeeze(1).log()
-            total += torch.where(vs, lse - target_logit, 0.0).sum()
-            if not needs_grad:
-                continue
-            # d loss / d logits, in place: softmax - one_hot, zeroed on ignored rows, times 1/n_valid
-            probs = exps.mul_((vs.to(acc) * scale)[:, None] / sum_exp)
-            probs.scatter_add_(1, safe_t[:, None], -(vs.to(acc) * scale)[:, None])
-            g = probs.to(x.dtype)
-            grad_x[start : start + chunk] = g @ weight
-            if g.dtype == acc and xs.dtype == acc:  # no (V, C) temporary on the full-precision path
-                if start == 0:
-                    torch.mm(g.t(), xs, out=grad_w)
+        # (chunk, V) buffers reused by every chunk: a fresh 100+ MB tensor per chunk costs page
+        # faults on CPU (~15% of the head's time).
+        buf = torch.empty(min(chunk, N), weight.size(0), dtype=acc, device=x.device)
+        low = None if full else torch.empty(buf.shape, dtype=mm_dtype, device=x.device)  # the bf16 logits, then d logits
+        with torch.autocast(dev, enabled=False):
+            for start in range(0, N, chunk):
+                xs, ts, vs = xc[start : start + chunk], targets[start : start + chunk], valid[start : start + chunk]
+                logits = buf[: xs.size(0)]  # (n, V): the only vocab-wide block
+                if full:
+                    torch.mm(xs, wc.t(), out=logits)
                 else:
-                    grad_w.addmm_(g.t(), xs)
-            elif start == 0:
-                grad_w.copy_(g.t() @ xs)  # bf16 matmul (autocast), fp32 accumulation
-            else:
-                grad_w += (g.t() @ xs).to(acc)
+                    logits.copy_(torch.mm(xs, wc.t(), out=low[: xs.size(0)]))
+                logits[:, V:] = float("-inf")  # the padding rows: exp() = 0, so no probability and no gradient
+                safe_t = ts.clamp(min=0)
+                target_logit = logits.gather(1, safe_t[:, None]).squeeze(1)  # (n,)
+                # logsumexp by hand so the exp pass is reused for the softmax: 3 passes over (n, V), not 6
+                row_max = logits.amax(dim=-1, keepdim=True)  # (n, 1)
+                exps = logits.sub_(row_max).exp_()  # in place: logits are not needed again
+                sum_exp = exps.sum(dim=-1, keepdim=True)  # (n, 1)
+                lse = row_max.squeeze(1) + sum_exp.squeeze(1).log()
+                total += torch.where(vs, lse - target_logit, 0.0).sum()
+                if not needs_grad:
+                    continue
+                # d loss / d logits, in place: softmax - one_hot, zeroed on ignored rows, times 1/n_valid
+                probs = exps.mul_((vs.to(acc) * scale)[:, None] / sum_exp)
+                probs.scatter_add_(1, safe_t[:, None], -(vs.to(acc) * scale)[:, None])
+                g = probs if full else low[: xs.size(0)].copy_(probs)  # one cast, used by both matmuls
+                grad_x[start : start + chunk] = g @ wc
+                if full and start == 0:
+                    torch.mm(g.t(), xs, out=grad_w)
+                elif full:
+                    grad_w.addmm_(g.t(), xs)  # no (V, C) temporary
+                elif start == 0:
+                    grad_w.copy_(g.t() @ xs)  # low-precision matmul, accumulated in `acc`
+                else:
+                    grad_w += g.t() @ xs
         # Kept on ctx rather than saved: backward scales them in place (no second (V, C) tensor)
         # and drops them, like a freed graph.
         ctx.grads = (grad_x, grad_w[:V].to(weight.dtype)) if needs_grad else (None, None)

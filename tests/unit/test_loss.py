@@ -27,6 +27,38 @@ def test_matches_cross_entropy_forward_and_backward(chunk):
     torch.testing.assert_close(ow, gw, rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize("chunk", [5, None])
+def test_bf16_autocast_runs_every_head_matmul_in_bf16_and_stays_close(chunk):
+    """Under autocast the head's three matmuls all run in bf16; loss and gradients match autocast F.linear."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class MatmulDtypes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.addmm_):
+                self.seen.append(tuple(a.dtype for a in args if isinstance(a, torch.Tensor)))
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    x = torch.randn(23, 32, requires_grad=True)
+    w = (0.3 * torch.randn(130, 32)).requires_grad_()
+    t = torch.randint(130, (23,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = _reference(x, w, t)
+        gx, gw = torch.autograd.grad(ref, (x, w))
+        with MatmulDtypes() as mode:
+            ours = linear_cross_entropy(x, w, t, chunk=chunk)
+            ox, ow = torch.autograd.grad(ours, (x, w))
+    assert len(mode.seen) >= 3 and all(set(d) == {torch.bfloat16} for d in mode.seen), mode.seen
+    assert ours.dtype == ox.dtype == ow.dtype == torch.float32
+    torch.testing.assert_close(ours, ref, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(ox, gx, rtol=2e-2, atol=2e-3)
+    torch.testing.assert_close(ow, gw, rtol=2e-2, atol=2e-3)
+
+
 def test_all_ignored_is_nan_like_cross_entropy():
     x, w = torch.randn(4, 8), torch.randn(10, 8)
     t = torch.full((4,), -1)
