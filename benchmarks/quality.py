@@ -50,7 +50,7 @@ def cpu_name() -> str:
 
 def run_ours(train_file: Path, valid_file: Path, seconds: float, work: Path, seed: int) -> dict:
     from tinygemma.checkpoint import load_model
-    from tinygemma.data import prepare
+    from tinygemma.prepare import prepare
     from tinygemma.quickstart import RECIPE
     from tinygemma.train import train
 
@@ -73,7 +73,8 @@ def run_baseline(train_file: Path, valid_file: Path, seconds: float, work: Path,
     """The plain loop a user would write around transformers' Gemma3ForCausalLM."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    from tinygemma.data import load_split, prepare
+    from tinygemma.data import load_split
+    from tinygemma.prepare import prepare
 
     data = work / "base_data"
     meta = prepare(str(train_file), val_source=str(valid_file), tokenizer="gpt2", out=data, quiet=True,

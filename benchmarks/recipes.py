@@ -62,7 +62,7 @@ def candidates():
 def run_one(name, recipe, train_file: Path, valid_file: Path, seconds: float, work: Path, fixed_tokens: bool = False,
             device: str = "auto") -> dict:
     from tinygemma.checkpoint import load_model
-    from tinygemma.data import prepare
+    from tinygemma.prepare import prepare
     from tinygemma.evaluate import evaluate_split
     from tinygemma.train import train
 

@@ -41,7 +41,8 @@ SIZES = {  # name: (preset, batch, block, warmup steps, timed steps)
 
 
 def prepare_data(folder: Path) -> str:
-    from tinygemma.data import FORMAT_VERSION, prepare
+    from tinygemma.data import FORMAT_VERSION
+    from tinygemma.prepare import prepare
 
     train_txt, val_txt = SHARED / "tinystories_train_sample.txt", SHARED / "tinystories_valid_sample.txt"
     if train_txt.exists() and val_txt.exists():

@@ -13,7 +13,7 @@ from tinygemma import __version__
 from tinygemma.errors import TinyGemmaError
 
 
-# ---------------------------------------------------------------- prepare / data (data.py)
+# ---------------------------------------------------------------- prepare / data (prepare.py, data.py)
 def add_prepare(sub) -> None:
     p = sub.add_parser("prepare", help="tokenise text into train.bin / validation.bin + meta.json",
                        description="Tokenise a text source into OUT/train.bin, OUT/validation.bin and OUT/meta.json "
@@ -43,7 +43,7 @@ def add_prepare(sub) -> None:
                    help="show a progress bar (default: when stderr is a terminal)")
 
     def run(a) -> int:
-        from tinygemma.data import prepare
+        from tinygemma.prepare import prepare
 
         prepare(a.source, val_source=a.val_source, tokenizer=a.tokenizer, out=a.out, num_proc=a.num_proc,
                 text_field=a.text_field, doc_split=a.doc_split, val_fraction=a.val_fraction, builtin_mb=a.builtin_mb,

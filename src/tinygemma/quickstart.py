@@ -149,7 +149,7 @@ def quickstart(source: str | None = None, val_source: str | None = None, minutes
                builtin_mb: float = 20.0, fresh: bool = False, seed: int = 1337, recipe: Recipe = RECIPE,
                num_proc: int | None = None, progress: bool = True) -> dict:
     """Prepare (or reuse) data, train the recipe for `minutes`, print stories and scores; return the summary."""
-    from tinygemma.data import prepare
+    from tinygemma.prepare import prepare
 
     if minutes <= 0:
         raise TinyGemmaError(f"--time must be positive (minutes), got {minutes}")

@@ -10,7 +10,7 @@ import torch
 from tinygemma.checkpoint import load_model, save_config, save_weights
 from tinygemma.cli import main
 from tinygemma.config import tiny
-from tinygemma.data import prepare
+from tinygemma.prepare import prepare
 from tinygemma.model import Gemma3Model
 from tinygemma.tokenizer import load_tokenizer
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from tinygemma.data import BatchSampler, get_batch, inspect, is_held_out, load_split, prepare, read_meta
+from tinygemma.data import BatchSampler, get_batch, inspect, load_split, read_meta
+from tinygemma.prepare import is_held_out, prepare
 from tinygemma.errors import TinyGemmaError
 from tinygemma.tokenizer import load_tokenizer
 

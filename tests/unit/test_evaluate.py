@@ -70,7 +70,7 @@ def test_overlapping_windows_see_more_context(model):
 def test_max_tokens_scores_whole_documents_with_their_exact_bytes(tmp_path):
     """evaluate_split(max_tokens=N) keeps the whole documents in the first N ids and counts their bytes."""
     from tinygemma.config import tiny
-    from tinygemma.data import prepare
+    from tinygemma.prepare import prepare
     from tinygemma.evaluate import evaluate_split
     from tinygemma.model import Gemma3Model
 
