@@ -108,7 +108,7 @@ def measure(variant: str, size: str, data_dir: str) -> dict:
         del ours
     else:
         model = ours
-        if variant == "ours+compile":
+        if variant.startswith("ours+compile"):
             compile_model(model, per_block=True)  # what `tinygemma train --compile` does on CPU
     opt = build_optimizer(model, tcfg, torch.device("cpu"))
     data = _Batches(batches)
@@ -197,13 +197,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="only the small size")
     ap.add_argument("--compile", action="store_true", help="also time our model with its blocks compiled (torch.compile, as `train --compile` on CPU)")
-    ap.add_argument("--bf16", action="store_true", help="also time both under CPU bf16 autocast (AVX512-BF16/AMX CPUs)")
+    ap.add_argument("--bf16", action="store_true", help="also time both under CPU bf16 autocast (AVX512-BF16/AMX CPUs); with --compile also ours compiled under it")
     ap.add_argument("--hf-heap", action="store_true", help="also time HF with our CPU allocator setting (device.keep_freed_memory)")
     ap.add_argument("--repeats", type=int, default=1, help="alternate the variants this many times; report the best")
     ap.add_argument("--interleaved", type=int, metavar="STEPS", default=0,
                     help="instead: ours and HF in one process, alternating STEPS timed steps each, same allocator (with --bf16: under bf16 autocast)")
     args = ap.parse_args()
-    variants = ["ours", "hf"] + (["hf heap"] if args.hf_heap else []) + (["ours+compile"] if args.compile else []) + (["ours bf16", "hf bf16"] if args.bf16 else [])
+    variants = ["ours", "hf"] + (["hf heap"] if args.hf_heap else []) + (["ours+compile"] if args.compile else []) + (["ours bf16", "hf bf16"] if args.bf16 else []) + (["ours+compile bf16"] if args.bf16 and args.compile else [])
     sizes = ["small"] if args.quick else list(SIZES)
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
