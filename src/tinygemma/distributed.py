@@ -43,11 +43,23 @@ def setup(device_type: str) -> DistInfo:
 
 
 def cleanup(wait_for_others: bool = True) -> None:
-    """Leave the process group; after a normal run, together: a rank that tears gloo down
-    while rank 0 still writes its checkpoint aborts ("terminate called without an active exception")."""
+    """Leave the process group; after a normal run, together.
+
+    A rank whose peer tears gloo down while it still has a collective in flight aborts
+    ("terminate called without an active exception"). The barrier keeps ranks from leaving while
+    rank 0 still writes its checkpoint. But the barrier's own last message can still be in flight on
+    one rank when another returns from it and destroys the group: a fresh-clone CI run saw FSDP2's
+    rank 1 abort that way, once. So each rank then also checks in through the launcher's key-value
+    store, which is not gloo, and waits for all the others to check in. Then no gloo operation is
+    pending anywhere when the groups are destroyed.
+    """
     if dist.is_available() and dist.is_initialized():
-        if wait_for_others and dist.get_world_size() > 1:
+        world = dist.get_world_size()
+        if wait_for_others and world > 1:
             dist.barrier()
+            store = dist.distributed_c10d._get_default_store()
+            store.set(f"tinygemma/left_barrier/{dist.get_rank()}", "1")
+            store.wait([f"tinygemma/left_barrier/{r}" for r in range(world)])
         dist.destroy_process_group()
 
 
