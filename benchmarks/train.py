@@ -158,8 +158,8 @@ def interleaved(size: str, data_dir: str, steps: int, bf16: bool = False) -> dic
             t_hf.append(t2 - t1)
     ours_ms, hf_ms = 1000 * float(np.median(t_ours)), 1000 * float(np.median(t_hf))
     step_ratios = np.array(t_hf) / np.array(t_ours)
-    return {"size": size, "precision": "bf16 autocast" if bf16 else "fp32", "steps": steps, "ours_ms": ours_ms, "hf_ms": hf_ms, "ratio": hf_ms / ours_ms,
-            "step_ratio_min": float(step_ratios.min()), "step_ratio_max": float(step_ratios.max())}
+    return {"size": size, "precision": "bf16 autocast" if bf16 else "fp32", "steps": steps,
+            "ours_ms": ours_ms, "hf_ms": hf_ms, "ratio": hf_ms / ours_ms, "step_ratio_min": float(step_ratios.min()), "step_ratio_max": float(step_ratios.max())}
 
 
 def _null():

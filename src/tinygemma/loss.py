@@ -52,7 +52,6 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int):
         # x (N, C), weight (V, C), targets (N,) int64
         N, V = x.size(0), weight.size(0)
-        weight = _padded(weight)  # (Vp, C), Vp >= V
         valid = targets != IGNORE_INDEX
         n_valid = valid.sum()
         acc = torch.promote_types(x.dtype, torch.float32)  # fp32, or fp64 in tests
@@ -60,50 +59,50 @@ class _LinearCrossEntropy(torch.autograd.Function):
         needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         # The matmuls run in autocast's dtype (or the inputs' own, e.g. bf16 weights); the softmax,
         # the loss and the head gradient's accumulation stay in `acc`. The inputs are cast once
-        # here, not once per chunk, and autocast is switched off so it casts nothing again.
+        # here, not once per chunk; every matmul below then gets operands of that dtype already,
+        # so autocast has nothing left to cast.
         dev = x.device.type
         mm_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else torch.promote_types(x.dtype, weight.dtype)
-        xc, wc = x.to(mm_dtype), weight.to(mm_dtype)
+        xc, wc = x.to(mm_dtype), _padded(weight.to(mm_dtype))  # wc (Vp, C), Vp >= V
         full = mm_dtype == acc  # fp32 (or fp64) matmuls: write straight into the buffers below
         total = torch.zeros((), dtype=acc, device=x.device)
         grad_x = torch.empty_like(x) if needs_grad else None
-        grad_w = torch.empty(weight.shape, dtype=acc, device=x.device) if needs_grad else None  # first chunk writes it
+        grad_w = torch.empty(wc.shape, dtype=acc, device=x.device) if needs_grad else None  # first chunk writes it
         # (chunk, V) buffers reused by every chunk: a fresh 100+ MB tensor per chunk costs page
         # faults on CPU (~15% of the head's time).
-        buf = torch.empty(min(chunk, N), weight.size(0), dtype=acc, device=x.device)
+        buf = torch.empty(min(chunk, N), wc.size(0), dtype=acc, device=x.device)
         low = None if full else torch.empty(buf.shape, dtype=mm_dtype, device=x.device)  # the bf16 logits, then d logits
-        with torch.autocast(dev, enabled=False):
-            for start in range(0, N, chunk):
-                xs, ts, vs = xc[start : start + chunk], targets[start : start + chunk], valid[start : start + chunk]
-                logits = buf[: xs.size(0)]  # (n, V): the only vocab-wide block
-                if full:
-                    torch.mm(xs, wc.t(), out=logits)
-                else:
-                    logits.copy_(torch.mm(xs, wc.t(), out=low[: xs.size(0)]))
-                logits[:, V:] = float("-inf")  # the padding rows: exp() = 0, so no probability and no gradient
-                safe_t = ts.clamp(min=0)
-                target_logit = logits.gather(1, safe_t[:, None]).squeeze(1)  # (n,)
-                # logsumexp by hand so the exp pass is reused for the softmax: 3 passes over (n, V), not 6
-                row_max = logits.amax(dim=-1, keepdim=True)  # (n, 1)
-                exps = logits.sub_(row_max).exp_()  # in place: logits are not needed again
-                sum_exp = exps.sum(dim=-1, keepdim=True)  # (n, 1)
-                lse = row_max.squeeze(1) + sum_exp.squeeze(1).log()
-                total += torch.where(vs, lse - target_logit, 0.0).sum()
-                if not needs_grad:
-                    continue
-                # d loss / d logits, in place: softmax - one_hot, zeroed on ignored rows, times 1/n_valid
-                probs = exps.mul_((vs.to(acc) * scale)[:, None] / sum_exp)
-                probs.scatter_add_(1, safe_t[:, None], -(vs.to(acc) * scale)[:, None])
-                g = probs if full else low[: xs.size(0)].copy_(probs)  # one cast, used by both matmuls
-                grad_x[start : start + chunk] = g @ wc
-                if full and start == 0:
-                    torch.mm(g.t(), xs, out=grad_w)
-                elif full:
-                    grad_w.addmm_(g.t(), xs)  # no (V, C) temporary
-                elif start == 0:
-                    grad_w.copy_(g.t() @ xs)  # low-precision matmul, accumulated in `acc`
-                else:
-                    grad_w += g.t() @ xs
+        for start in range(0, N, chunk):
+            xs, ts, vs = xc[start : start + chunk], targets[start : start + chunk], valid[start : start + chunk]
+            logits = buf[: xs.size(0)]  # (n, V): the only vocab-wide block
+            if full:
+                torch.mm(xs, wc.t(), out=logits)
+            else:
+                logits.copy_(torch.mm(xs, wc.t(), out=low[: xs.size(0)]))
+            logits[:, V:] = float("-inf")  # the padding rows: exp() = 0, so no probability and no gradient
+            safe_t = ts.clamp(min=0)
+            target_logit = logits.gather(1, safe_t[:, None]).squeeze(1)  # (n,)
+            # logsumexp by hand so the exp pass is reused for the softmax: 3 passes over (n, V), not 6
+            row_max = logits.amax(dim=-1, keepdim=True)  # (n, 1)
+            exps = logits.sub_(row_max).exp_()  # in place: logits are not needed again
+            sum_exp = exps.sum(dim=-1, keepdim=True)  # (n, 1)
+            lse = row_max.squeeze(1) + sum_exp.squeeze(1).log()
+            total += torch.where(vs, lse - target_logit, 0.0).sum()
+            if not needs_grad:
+                continue
+            # d loss / d logits, in place: softmax - one_hot, zeroed on ignored rows, times 1/n_valid
+            probs = exps.mul_((vs.to(acc) * scale)[:, None] / sum_exp)
+            probs.scatter_add_(1, safe_t[:, None], -(vs.to(acc) * scale)[:, None])
+            g = probs if full else low[: xs.size(0)].copy_(probs)  # one cast, used by both matmuls
+            grad_x[start : start + chunk] = g @ wc
+            if full and start == 0:
+                torch.mm(g.t(), xs, out=grad_w)
+            elif full:
+                grad_w.addmm_(g.t(), xs)  # no (V, C) temporary
+            elif start == 0:
+                grad_w.copy_(g.t() @ xs)  # low-precision matmul, accumulated in `acc`
+            else:
+                grad_w += g.t() @ xs
         # Kept on ctx rather than saved: backward scales them in place (no second (V, C) tensor)
         # and drops them, like a freed graph.
         ctx.grads = (grad_x, grad_w[:V].to(weight.dtype)) if needs_grad else (None, None)
