@@ -14,6 +14,14 @@ from tinygemma.errors import TinyGemmaError
 
 
 # ---------------------------------------------------------------- prepare / data (prepare.py, data.py)
+def _add_doc_split(p) -> None:
+    p.add_argument("--doc-split", default="auto", metavar="HOW",
+                   help="where documents end in text files: auto (default: at <|endoftext|> when the file has one, "
+                        "else the whole file is one document, its blank lines kept), line (one per line), blank "
+                        "(one per blank-line paragraph: drops every paragraph break), or a literal separator with "
+                        "backslash escapes, e.g. '\\n\\n\\n' for two blank lines")
+
+
 def add_prepare(sub) -> None:
     p = sub.add_parser("prepare", help="tokenise text into train.bin / validation.bin + meta.json",
                        description="Tokenise a text source into OUT/train.bin, OUT/validation.bin and OUT/meta.json "
@@ -21,17 +29,17 @@ def add_prepare(sub) -> None:
     p.add_argument("--source", default="hf:roneneldan/TinyStories",
                    help="hf:NAME, builtin, a .txt/.jsonl/.json/.parquet file, a directory or a glob (default: %(default)s)")
     p.add_argument("--val-source", default=None, help="separate validation source (default: the source's own "
-                   "validation split, else --val-fraction of its documents)")
+                   "validation split, else --val-fraction of the source)")
     p.add_argument("--tokenizer", default="gpt2", help="gpt2, gemma3, bpe:N (trained here) or a tokenizer.json path")
     p.add_argument("--out", default="data/processed_datasets", help="output folder (default: %(default)s)")
     p.add_argument("--num-proc", type=int, default=None, help="worker processes (default: all cores)")
     p.add_argument("--text-field", default="text", help="field/column with the text in .jsonl/.json/.parquet/hf")
-    p.add_argument("--doc-split", default="blank", help="text files: documents separated by 'blank' lines "
-                   "(default), one per 'line', or by a literal string such as '<|endoftext|>'")
+    _add_doc_split(p)
     p.add_argument("--one-doc-per-line", dest="doc_split", action="store_const", const="line",
                    help="same as --doc-split line")
-    p.add_argument("--val-fraction", type=float, default=0.01, help="documents held out when there is no "
-                   "validation source (default: %(default)s)")
+    p.add_argument("--val-fraction", type=float, default=0.01, help="share held out for validation when there is "
+                   "no validation source: whole documents by hash, or the end of the text when the source has "
+                   "fewer than 10/FRACTION documents (default: %(default)s)")
     p.add_argument("--builtin-mb", type=float, default=20.0, help="builtin source: MB of train text (default: %(default)s)")
     p.add_argument("--builtin-val-mb", type=float, default=1.0, help="builtin source: MB of validation text")
     p.add_argument("--seed", type=int, default=0, help="builtin source: story seed (validation uses seed+1)")

@@ -74,9 +74,9 @@ def test_max_tokens_scores_whole_documents_with_their_exact_bytes(tmp_path):
     from tinygemma.evaluate import evaluate_split
     from tinygemma.model import Gemma3Model
 
-    docs = [f"Story number {i} is about a cat named Tom." for i in range(40)]
+    docs = [f"Story number {i} is about a cat named Tom.\n\nThe end." for i in range(40)]
     src = tmp_path / "docs.txt"
-    src.write_text("\n\n".join(docs))
+    src.write_text("\n<|endoftext|>\n".join(docs))
     prepare(str(src), val_source=str(src), tokenizer="gpt2", out=tmp_path / "d", quiet=True, progress=False)
     model = Gemma3Model(tiny(vocab_size=50257))
     full = evaluate_split(model, tmp_path / "d", block_size=32)
