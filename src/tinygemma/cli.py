@@ -200,7 +200,9 @@ def add_eval(sub) -> None:
     _add_checkpoint_args(p)
     p.add_argument("--data-dir", default="data/processed_datasets", help="prepared data (default data/processed_datasets)")
     p.add_argument("--split", default="validation", help="train or validation (default validation)")
-    p.add_argument("--text", metavar="FILE", help="evaluate a UTF-8 text file instead of a prepared split")
+    p.add_argument("--text", metavar="FILE", help="evaluate a text file instead of a prepared split, read as "
+                   "`prepare --source FILE` reads it (same documents, tokens and bytes)")
+    _add_doc_split(p)
     p.add_argument("--block-size", type=int, default=256, help="window length in tokens (default 256)")
     p.add_argument("--stride", type=int, help="score only the last STRIDE targets of overlapping windows "
                    "(default: block size, non-overlapping)")
@@ -219,7 +221,7 @@ def add_eval(sub) -> None:
             raise TinyGemmaError(f"--block-size must be in 1..{cfg.max_position_embeddings}")
         kw = dict(block_size=a.block_size, batch_size=a.batch_size, device=device, stride=a.stride)
         if a.text:
-            res = evaluate_text(model, tok, a.text, **kw)
+            res = evaluate_text(model, tok, a.text, doc_split=a.doc_split, **kw)
         else:
             res = evaluate_split(model, a.data_dir, a.split, max_tokens=a.max_tokens, **kw)
         if a.json:
@@ -227,7 +229,8 @@ def add_eval(sub) -> None:
         else:
             where = res.get("text") or f"{a.data_dir} {res['split']}"
             print(f"{where}: loss {res['loss']:.4f}  ppl {res['ppl']:.2f}  bits/byte {res['bpb']:.4f}  "
-                  f"({res['tokens']:,} tokens, {res['bytes']:,} bytes, block {res['block_size']}, stride {res['stride']})")
+                  f"({res['documents']:,} documents, {res['tokens']:,} tokens, {res['bytes']:,} bytes, "
+                  f"block {res['block_size']}, stride {res['stride']})")
         return 0
 
     p.set_defaults(func=run)

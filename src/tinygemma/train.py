@@ -3,8 +3,8 @@
 One optimizer step = `grad_accum` micro-batches of `batch_size` sequences (global, split over
 ranks) of `block_size` tokens. AdamW (decay on matrices only, fused on CPU and CUDA), linear warmup
 then cosine decay to `min_lr`, gradient clipping, bf16 autocast + TF32 on CUDA, fp32 on CPU.
-Every `eval_interval` steps the model is scored on a fixed set of validation windows; an
-improvement writes best_model_params.pt. last.pt (see checkpoint.save_resume) holds everything
+Every `eval_interval` steps the model is scored on a fixed set of validation windows (with
+evaluate.windows_loss: the one loss `tinygemma eval` uses too); an improvement writes best_model_params.pt. last.pt (see checkpoint.save_resume) holds everything
 an exact resume needs. SIGINT/SIGTERM save last.pt and return; a non-finite loss stops with a
 hint and leaves the last good checkpoint alone. Parallelism lives in distributed.py.
 """
@@ -28,6 +28,7 @@ from tinygemma.config import ModelConfig, TrainConfig
 from tinygemma.device import COMPILE_DEFAULT, autocast_context, compile_model, keep_freed_memory, resolve_device
 from tinygemma.distributed import DistInfo
 from tinygemma.errors import TinyGemmaError
+from tinygemma.evaluate import windows_loss
 from tinygemma.metrics import MetricsLog, flops_per_token, peak_flops, peak_memory_mb
 from tinygemma.model import Gemma3Model
 from tinygemma.runconfig import resolve_model_config
@@ -72,23 +73,6 @@ def fixed_val_windows(n_tokens: int, block_size: int, n_windows: int) -> np.ndar
         raise TinyGemmaError(f"the validation split has {n_tokens} tokens, fewer than block_size+1={block_size + 1}; "
                              "prepare more validation text or lower --set block_size")
     return np.unique(np.linspace(0, last, num=n_windows).astype(np.int64))
-
-
-@torch.no_grad()
-def evaluate(model, val: np.ndarray, starts: np.ndarray, block_size: int, batch_size: int,
-             device: torch.device, amp) -> float:
-    """Mean next-token loss (nats/token) over the fixed windows. Every rank runs all of them."""
-    model.eval()
-    total, count = 0.0, 0
-    for i in range(0, len(starts), batch_size):
-        rows = [torch.from_numpy(val[s : s + block_size + 1].astype(np.int64)) for s in starts[i : i + batch_size]]
-        xy = torch.stack(rows).to(device)  # (b, T+1)
-        with amp:
-            _, loss = model(xy[:, :-1], xy[:, 1:])
-        total += loss.item() * len(rows)
-        count += len(rows)
-    model.train()
-    return total / count
 
 
 def data_fingerprint(meta: dict) -> dict:
@@ -449,8 +433,8 @@ class _Run:
 
     def eval_and_save_best(self, record: dict | None) -> None:
         cfg, s = self.cfg, self.s
-        val_loss = evaluate(self.model, self.val, self.val_starts, cfg.block_size, cfg.batch_size // self.info.world_size
-                            or 1, self.device, self.amp)
+        val_loss = windows_loss(self.model, self.val, self.val_starts, cfg.block_size,
+                                cfg.batch_size // self.info.world_size or 1, self.device, self.amp)
         val_loss = distributed.all_reduce_mean(val_loss, self.info, self.device)  # identical; keeps ranks agreed
         bpt = bytes_per_token(self.meta)
         record = dict(record or {"step": s.step, "tokens_seen": s.tokens_seen})
