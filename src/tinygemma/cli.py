@@ -294,6 +294,7 @@ def add_quickstart(sub) -> None:
     )
     p.add_argument("--source", help="anything `prepare` accepts (default: hub TinyStories if reachable, else builtin)")
     p.add_argument("--val-source", help="a separate validation source (e.g. valid.txt)")
+    _add_doc_split(p)
     p.add_argument("--time", type=float, default=10.0, metavar="MINUTES", help="training budget (default 10)")
     p.add_argument("--data-dir", default="data/processed_datasets", help="prepared data (default %(default)s)")
     p.add_argument("--out-dir", default="data/models", help="model, metrics, loss.png (default %(default)s)")
@@ -312,7 +313,7 @@ def _run_quickstart(a) -> int:
     try:
         quickstart(source=a.source, val_source=a.val_source, minutes=a.time, data_dir=a.data_dir,
                    out_dir=a.out_dir, hub_mb=a.hub_mb, builtin_mb=a.builtin_mb, fresh=a.fresh, seed=a.seed,
-                   num_proc=a.num_proc, progress=not a.no_progress)
+                   num_proc=a.num_proc, progress=not a.no_progress, doc_split=a.doc_split)
     except KeyboardInterrupt:
         print("interrupted: the run was saved; `tinygemma quickstart` again resumes it", file=sys.stderr)
         return 130
