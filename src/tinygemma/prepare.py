@@ -79,7 +79,7 @@ def plan_holdout(source: str, val_source: str | None, opts: SourceOptions, fract
                                              "their text")
     tail = tail_cut(source, opts, fraction)
     return Holdout("tail", fraction, tail, why=(
-        f"validation: the last {fraction:.0%} of the text, from byte {tail.offset:,} of {tail.path} (a "
+        f"validation: the last {fraction * 100:g}% of the text, from byte {tail.offset:,} of {tail.path} (a "
         f"{tail.boundary} boundary): the source has {_count(found, 'document')}, too few to hold whole ones out "
         f"(that needs {need:,} at --val-fraction {fraction:g})"))
 
