@@ -6,11 +6,12 @@ validation file by tinygemma.evaluate, at its best checkpoint and at its last.
 
 Two steps, because a 2-core machine is rarely quiet for hours:
 
-    # 1. each candidate's real training speed here: 90 s of train() with evals, samples and
-    #    checkpoints as the quickstart does them. Run it on a quiet machine.
-    python benchmarks/recipes.py speed --results speeds.jsonl
-    # 2. train each candidate for the tokens that speed gives in --minutes (a token budget,
-    #    so other work on the machine changes how long it takes, not the result)
+    # 1. each candidate's speed relative to the old recipe's: training steps of all of them
+    #    interleaved in one process (other work on the machine slows them alike), times the old
+    #    recipe's tokens/s in train() measured on a quiet machine (--reference)
+    python benchmarks/recipes.py speed --reference 11500 --results speeds.jsonl
+    # 2. train each candidate for the tokens that speed gives in --minutes (a token budget, so
+    #    other work changes how long a run takes, not its result)
     python benchmarks/recipes.py run --minutes 10 --speeds speeds.jsonl --results runs.jsonl \
         [--fraction 0.25] [--seed 2] [--only NAME ...]
 
@@ -65,14 +66,18 @@ def candidates() -> dict[str, dict]:
         c[f"muon, wsd, bf16, wd {wd}"] = MUON + WSD + BF16 + [f"weight_decay={wd}"]
     for p in (0.1, 0.3):
         c[f"muon, wsd, bf16, dropout {p}"] = MUON + WSD + BF16 + [f"model.dropout={p}"]
+    c["muon, wsd"] = MUON + WSD
+    c["muon, wsd, bf16, compile"] = MUON + WSD + BF16 + ["compile=true"]
+    c["muon, wsd, compile"] = MUON + WSD + ["compile=true"]
     for d, layers in ((128, 6), (192, 4), (256, 4), (256, 6)):
         c[f"muon, wsd, bf16, d{d} x {layers}"] = MUON + WSD + BF16 + shape(d, layers)
+        c[f"muon, wsd, d{d} x {layers}"] = MUON + WSD + shape(d, layers)
     return {name: {"tokenizer": "bpe:4096", "sets": OLD + sets} for name, sets in c.items()}
 
 
 def speed_class(sets: list[str]) -> str:
     """Candidates whose speed is the same: everything but the optimizer's numbers and the schedule."""
-    keep = ("preset", "block_size", "batch_size", "dtype", "model.hidden_size", "model.n_layers",
+    keep = ("preset", "block_size", "batch_size", "dtype", "compile", "model.hidden_size", "model.n_layers",
             "model.head_dim", "model.intermediate_size", "optimizer")
     last = {s.split("=")[0]: s for s in sets}
     dropout = float(last.get("model.dropout", "model.dropout=0").split("=")[1]) > 0
@@ -111,15 +116,50 @@ def config(cand: dict, data: Path, out: Path, meta: dict, seed: int):
     return cfg
 
 
-def measure_speed(name: str, cand: dict, train_file: Path, valid_file: Path, work: Path, seconds: float) -> dict:
-    from tinygemma.train import train
+def _stepper(cand: dict, data: Path, meta: dict, work: Path):
+    """A closure running one real training step (train.train_step) of this candidate."""
+    from tinygemma.data import BatchSampler
+    from tinygemma.device import autocast_context, compile_model
+    from tinygemma.distributed import DistInfo
+    from tinygemma.model import Gemma3Model
+    from tinygemma.optim import build_optimizer
+    from tinygemma.train import train_step
 
-    data, meta = prepared(cand["tokenizer"], train_file, valid_file, work)
     cfg = config(cand, data, work / "speed", meta, seed=1337)
-    cfg.max_iters, cfg.max_time, cfg.lr_schedule = 10**9, seconds, "time"
-    summary = train(cfg)
-    return {"name": name, "class": speed_class(cand["sets"]), "tok_per_s": summary["tokens_seen"] / seconds,
-            "seconds": seconds, "date": time.strftime("%Y-%m-%d %H:%M"), "cpu": cpu_name()}
+    torch.manual_seed(cfg.seed)
+    model, device = Gemma3Model(cfg.model), torch.device("cpu")
+    if cfg.compile:
+        compile_model(model, per_block=True)
+    opt = build_optimizer(model, cfg, device)
+    sampler = BatchSampler(cfg.data_dir, "train", cfg.block_size, cfg.batch_size, seed=cfg.seed)
+    amp = autocast_context(cfg, device)
+    return lambda: train_step(model, opt, sampler, cfg, amp, DistInfo(), device, cfg.lr)
+
+
+def speed_rows(cands: dict, train_file: Path, valid_file: Path, work: Path, steps: int, reference: float) -> list:
+    """Steps of every speed class, interleaved round-robin in this one process, so that other work on the
+    machine slows them all alike. The median step time of each class, relative to the old recipe's, scales
+    `reference` (the old recipe's tokens/s measured on a quiet machine) into its tokens/s."""
+    classes = {}
+    for name, cand in cands.items():
+        classes.setdefault(speed_class(cand["sets"]), (name, cand))
+    steppers = {}
+    for c, (name, cand) in classes.items():
+        data, meta = prepared(cand["tokenizer"], train_file, valid_file, work)
+        steppers[c] = _stepper(cand, data, meta, work)
+        for _ in range(5):  # warm-up (and compilation)
+            steppers[c]()
+    times = {c: [] for c in classes}
+    for _ in range(steps):
+        for c, step in steppers.items():
+            t0 = time.perf_counter()
+            step()
+            times[c].append(time.perf_counter() - t0)
+    median = {c: sorted(v)[len(v) // 2] for c, v in times.items()}
+    base = median[speed_class(OLD)]
+    return [{"name": classes[c][0], "class": c, "tok_per_s": reference * base / median[c],
+             "step_ms": median[c] * 1e3, "relative": base / median[c], "reference": reference, "steps": steps,
+             "date": time.strftime("%Y-%m-%d %H:%M"), "cpu": cpu_name()} for c in classes]
 
 
 def run_one(name: str, cand: dict, train_file: Path, valid_file: Path, work: Path, tokens: int, seed: int) -> dict:
@@ -171,7 +211,9 @@ def main() -> int:
     ap.add_argument("--train", type=Path, default=SHARED / "tinystories_train_stories.txt")
     ap.add_argument("--valid", type=Path, default=SHARED / "tinystories_valid_stories.txt")
     ap.add_argument("--minutes", type=float, default=10.0, help="run: the budget whose tokens each candidate gets")
-    ap.add_argument("--seconds", type=float, default=90.0, help="speed: seconds of training per measurement")
+    ap.add_argument("--steps", type=int, default=20, help="speed: interleaved steps per speed class")
+    ap.add_argument("--reference", type=float, default=11_500.0,
+                    help="speed: the old recipe's tokens/s in train() on a quiet machine (measured: docs/RECIPES.md)")
     ap.add_argument("--speeds", type=Path, default=Path("speeds.jsonl"), help="run: speeds measured by `speed`")
     ap.add_argument("--fraction", type=float, default=1.0, help="run: train on this first fraction of the documents")
     ap.add_argument("--seed", type=int, default=1337)
@@ -192,27 +234,30 @@ def main() -> int:
             train_file = work / f"train_{args.fraction:g}.txt"
             write_fraction(args.train, args.fraction, train_file)
         speeds = {r["class"]: r["tok_per_s"] for r in read_rows(args.speeds)}
+        if args.mode == "speed":
+            known = {r["class"] for r in done}
+            todo = {n: c for n, c in cands.items() if speed_class(c["sets"]) not in known}
+            todo.setdefault("old recipe", candidates()["old recipe"])  # the reference every class is timed against
+            with args.results.open("a") as f:
+                for row in speed_rows(todo, train_file, args.valid, work, args.steps, args.reference):
+                    print(f"{row['name']}: {row['relative']:.2f}x the old recipe's speed, {row['tok_per_s']:,.0f} tokens/s",
+                          flush=True)
+                    f.write(json.dumps(row) + "\n")
+            return 0
         for name, cand in cands.items():
-            if args.mode == "speed":
-                if speed_class(cand["sets"]) in {r["class"] for r in done}:
-                    continue
-                row = measure_speed(name, cand, train_file, args.valid, work, args.seconds)
-                print(f"{name}: {row['tok_per_s']:,.0f} tokens/s", flush=True)
-            else:
-                if any(r["name"] == name and r["fraction"] == args.fraction and r["seed"] == args.seed for r in done):
-                    continue
-                speed = speeds.get(speed_class(cand["sets"]))
-                if speed is None:
-                    print(f"{name}: no speed measured for {speed_class(cand['sets'])}; run `speed` first", flush=True)
-                    continue
-                tokens = math.floor(speed * args.minutes * 60)
-                row = {**run_one(name, cand, train_file, args.valid, work, tokens, args.seed),
-                       "fraction": args.fraction, "assumed_tok_per_s": speed, "minutes": args.minutes}
-                print(f"{name} (fraction {args.fraction:g}, seed {args.seed}): best {row['bpb_best']:.4f}, "
-                      f"last {row['bpb_last']:.4f} bpb, {row['passes']:.1f} passes", flush=True)
+            if any(r["name"] == name and r["fraction"] == args.fraction and r["seed"] == args.seed for r in done):
+                continue
+            speed = speeds.get(speed_class(cand["sets"]))
+            if speed is None:
+                print(f"{name}: no speed measured for {speed_class(cand['sets'])}; run `speed` first", flush=True)
+                continue
+            tokens = math.floor(speed * args.minutes * 60)
+            row = {**run_one(name, cand, train_file, args.valid, work, tokens, args.seed),
+                   "fraction": args.fraction, "assumed_tok_per_s": speed, "minutes": args.minutes}
+            print(f"{name} (fraction {args.fraction:g}, seed {args.seed}): best {row['bpb_best']:.4f}, "
+                  f"last {row['bpb_last']:.4f} bpb, {row['passes']:.1f} passes", flush=True)
             with args.results.open("a") as f:
                 f.write(json.dumps(row) + "\n")
-            done.append(row)
     return 0
 
 
