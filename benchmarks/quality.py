@@ -114,10 +114,10 @@ def run_ours(train_file: Path, valid_file: Path, seconds: float, work: Path, see
     model, _, tok = load_model(work / "ours_model")  # best_model_params.pt: the best val loss, as the seed keeps
     last, _, _ = load_model(work / "ours_model" / "last.pt")  # the weights at the end of the budget
     return {"key": "ours", "model": model, "last_model": last, "tokenizer": tok, "data": data,
-            "block": RECIPE.block_size, "wall": wall, "tokens_seen": summary["tokens_seen"],
+            "block": cfg.block_size, "wall": wall, "tokens_seen": summary["tokens_seen"],
             "params": model.config.n_params,
-            "name": f"tinygemma quickstart recipe ({RECIPE.preset}, {RECIPE.tokenizer}, batch {RECIPE.batch_size} x "
-                    f"block {RECIPE.block_size}, lr {RECIPE.lr:g}, dropout {cfg.model.dropout:g})"}
+            "name": f"tinygemma quickstart recipe ({cfg.preset}, {RECIPE.tokenizer}, batch {cfg.batch_size} x "
+                    f"block {cfg.block_size}, lr {cfg.lr:g}, dropout {cfg.model.dropout:g})"}
 
 
 def run_peer(peer: Peer, train_file: Path, valid_file: Path, seconds: float, work: Path, seed: int) -> dict:

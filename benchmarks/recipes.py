@@ -101,22 +101,16 @@ def prepared(tokenizer: str, train_file: Path, valid_file: Path, work: Path) -> 
     return data, meta
 
 
-def config(cand: dict, data: Path, out: Path, meta: dict, seed: int):
-    from tinygemma.config import TrainConfig, apply_override, model_preset
+def config(cand: dict, data: Path, out: Path, seed: int, **flags):
+    """The candidate's TrainConfig: the shared settings, then its overrides, resolved as `tinygemma train` does."""
+    from tinygemma.runconfig import resolve_config
 
-    cfg = TrainConfig(data_dir=str(data), out_dir=str(out), seed=seed, progress=False, force=True,
-                      eval_interval=100, eval_windows=32, checkpoint_interval=100, sample_every_eval=True)
-    model_sets = [s for s in cand["sets"] if s.startswith("model.")]
-    for s in cand["sets"]:
-        if not s.startswith("model."):
-            apply_override(cfg, s, validate=False)
-    cfg.model = model_preset(cfg.preset, meta["tokenizer"]["vocab_size"])
-    for s in model_sets:
-        apply_override(cfg, s)
-    return cfg
+    common = ["eval_interval=100", "eval_windows=32", "checkpoint_interval=100", "sample_every_eval=true"]
+    return resolve_config(sets=common + cand["sets"], flags={"data_dir": str(data), "out_dir": str(out), "seed": seed,
+                                                             "progress": False, "force": True, **flags})
 
 
-def _stepper(cand: dict, data: Path, meta: dict, work: Path):
+def _stepper(cand: dict, data: Path, work: Path):
     """A closure running one real training step (train.train_step) of this candidate."""
     from tinygemma.data import BatchSampler
     from tinygemma.device import autocast_context, compile_model
@@ -125,7 +119,7 @@ def _stepper(cand: dict, data: Path, meta: dict, work: Path):
     from tinygemma.optim import build_optimizer
     from tinygemma.train import train_step
 
-    cfg = config(cand, data, work / "speed", meta, seed=1337)
+    cfg = config(cand, data, work / "speed", seed=1337)
     torch.manual_seed(cfg.seed)
     model, device = Gemma3Model(cfg.model), torch.device("cpu")
     if cfg.compile:
@@ -145,8 +139,8 @@ def speed_rows(cands: dict, train_file: Path, valid_file: Path, work: Path, step
         classes.setdefault(speed_class(cand["sets"]), (name, cand))
     steppers = {}
     for c, (name, cand) in classes.items():
-        data, meta = prepared(cand["tokenizer"], train_file, valid_file, work)
-        steppers[c] = _stepper(cand, data, meta, work)
+        data, _ = prepared(cand["tokenizer"], train_file, valid_file, work)
+        steppers[c] = _stepper(cand, data, work)
         for _ in range(5):  # warm-up (and compilation)
             steppers[c]()
     times = {c: [] for c in classes}
@@ -164,15 +158,15 @@ def speed_rows(cands: dict, train_file: Path, valid_file: Path, work: Path, step
 
 def run_one(name: str, cand: dict, train_file: Path, valid_file: Path, work: Path, tokens: int, seed: int) -> dict:
     from tinygemma.checkpoint import load_model
+    from tinygemma.config import updated
     from tinygemma.evaluate import evaluate_split
     from tinygemma.train import train
 
     data, meta = prepared(cand["tokenizer"], train_file, valid_file, work)
     out = work / "model"
-    cfg = config(cand, data, out, meta, seed)
+    cfg = config(cand, data, out, seed)
     steps = max(1, tokens // (cfg.batch_size * cfg.block_size))
-    cfg.max_iters, cfg.lr_decay_iters, cfg.lr_schedule, cfg.max_time = steps, steps, "steps", None
-    cfg.__post_init__()
+    cfg = updated(cfg, {"max_iters": steps, "lr_decay_iters": steps, "lr_schedule": "steps", "max_time": None})
     t0 = time.time()
     summary = train(cfg)
     wall = time.time() - t0

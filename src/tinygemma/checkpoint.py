@@ -35,6 +35,11 @@ def save_weights(state_dict: dict[str, torch.Tensor], path: str | Path) -> None:
 
 
 def read_config(model_dir: str | Path) -> dict[str, Any]:
+    """A model folder's config.json, checked against its schema; "model" comes back as a ModelConfig.
+
+    Schema: {"model": ModelConfig fields (the shape ones required), "tokenizer": null or a tokenizer
+    reference (tokenizer.load_tokenizer), anything else (e.g. "train") kept as it is}. A file that does
+    not fit is a one-line error naming the field."""
     path = Path(model_dir) / CONFIG_NAME
     if not path.exists():
         raise TinyGemmaError(
@@ -42,9 +47,36 @@ def read_config(model_dir: str | Path) -> dict[str, Any]:
             "copy it next to the weights, or pass the shape with --preset NAME"
         )
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise TinyGemmaError(f"{path} is not valid JSON ({e}); re-export or retrain the checkpoint") from None
+    try:
+        return _checked_config(d)
+    except TinyGemmaError as e:
+        raise TinyGemmaError(f"{path}: {e}; re-export or retrain the checkpoint") from None
+
+
+# The tokenizer reference's fields and their types (tokenizer.Tokenizer.ref).
+_TOKENIZER_REF = {"name": (str,), "path": (str, type(None)), "fingerprint": (str, type(None)), "vocab_size": (int,),
+                  "eot_id": (int,), "bos_id": (int, type(None))}
+
+
+def _checked_config(d: Any) -> dict[str, Any]:
+    if not isinstance(d, dict):
+        raise TinyGemmaError(f"expected a JSON object with a \"model\" table, got a {type(d).__name__}")
+    if "model" not in d:
+        raise TinyGemmaError("model is missing (the model shape `tinygemma train` writes)")
+    model = ModelConfig.from_dict(d["model"], require=ModelConfig.SHAPE)
+    tok = d.get("tokenizer")
+    if tok is not None and not isinstance(tok, dict):
+        raise TinyGemmaError(f"tokenizer must be null or a table, got {tok!r}")
+    for key, kinds in _TOKENIZER_REF.items() if tok is not None else ():
+        if key == "name" and key not in tok:
+            raise TinyGemmaError("tokenizer.name is missing")
+        if key in tok and (not isinstance(tok[key], kinds) or isinstance(tok[key], bool)):
+            words = {str: "a string", int: "an integer", type(None): "null"}
+            raise TinyGemmaError(f"tokenizer.{key} must be {' or '.join(words[k] for k in kinds)}, got {tok[key]!r}")
+    return {**d, "model": model}
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -134,9 +166,8 @@ def _read_any(spec: str, hf):
         raise TinyGemmaError(f"{folder / CONFIG_NAME} not found: the weights need the config.json that `tinygemma train` "
                              "writes beside them (or a HF Gemma 3 config.json); copy it next to the weights")
     meta = read_config(folder)
-    cfg = ModelConfig.from_dict(meta["model"])
     ref = meta.get("tokenizer")
-    return load_state_dict(weights), cfg, load_tokenizer(ref, base_dir=folder) if ref else None
+    return load_state_dict(weights), meta["model"], load_tokenizer(ref, base_dir=folder) if ref else None
 
 
 # ---------------------------------------------------------------- resume file (train.py)

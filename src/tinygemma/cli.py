@@ -117,12 +117,12 @@ def add_train(sub) -> None:
         from tinygemma.runconfig import dry_run, resolve_config
         from tinygemma.train import train
 
-        flags = {"data_dir": a.data_dir, "out_dir": a.out_dir, "max_iters": a.max_iters,
-                 "max_tokens": int(a.max_tokens) if a.max_tokens is not None else None, "max_time": a.max_time,
-                 "patience": a.patience, "init_from": a.init_from, "compile": a.compile, "device": a.device,
-                 "resume": a.resume or None, "fsdp": a.fsdp or None, "force": a.force or None,
+        flags = {"data_dir": a.data_dir, "out_dir": a.out_dir, "max_iters": a.max_iters, "max_tokens": a.max_tokens,
+                 "max_time": a.max_time, "patience": a.patience, "init_from": a.init_from, "compile": a.compile,
+                 "device": a.device, "resume": a.resume or None, "fsdp": a.fsdp or None, "force": a.force or None,
                  "progress": False if a.no_progress else None}
-        cfg = resolve_config(a.preset, a.config, a.sets, {k: v for k, v in flags.items() if v is not None})
+        cfg = resolve_config(a.preset, a.config, a.sets, {k: v for k, v in flags.items() if v is not None},
+                             need_data=not a.dry_run)
         if a.dry_run:
             print(dry_run(cfg))
             return 0

@@ -185,7 +185,7 @@ def is_hf_folder(folder: str | Path) -> bool:
         d = json.loads(path.read_text())
     except json.JSONDecodeError:
         return False
-    return "model_type" in d or "text_config" in d
+    return isinstance(d, dict) and ("model_type" in d or "text_config" in d)
 
 
 # ---------------------------------------------------------------- GGUF

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from tinygemma.config import TrainConfig, apply_overrides, model_preset
+from tinygemma.config import DATA_DIR, MODEL_DIR, TrainConfig
 from tinygemma.errors import TinyGemmaError
 from tinygemma.fsutil import atomic_write_json
 
@@ -30,23 +30,21 @@ OVERFIT_EPOCHS = 8.0
 AUTO_DROPOUT = 0.2
 
 
-@dataclass
+@dataclass(frozen=True)
 class Recipe:
-    """A data + model + optimiser recipe; `train_config` turns it into a TrainConfig."""
+    """A tokenizer, a model preset and `--set` overrides of TrainConfig: the quickstart's training recipe.
+
+    `train_config` resolves it, with the time budget and the dropout the data size asks for, through
+    runconfig.resolve_config, the same path `tinygemma train --preset P --set ...` takes."""
 
     tokenizer: str = "bpe:4096"
     preset: str = "mini"
-    model_overrides: list[str] = field(default_factory=list)  # `--set model.*` style, applied to the preset
-    block_size: int = 256
-    batch_size: int = 16
-    lr: float = 3e-3
-    min_lr: float = 3e-4
-    warmup_iters: int = 50
-    weight_decay: float = 0.1
-    eval_interval: int = 100
-    eval_windows: int = 32
-    compile: bool = False
-    dtype: str = "float32"  # "bfloat16": autocast on CPUs with AVX512-BF16/AMX
+    sets: tuple[str, ...] = (
+        "block_size=256", "batch_size=16", "lr=3e-3", "min_lr=3e-4", "warmup_iters=50", "weight_decay=0.1",
+        "eval_interval=100", "eval_windows=32", "checkpoint_interval=100", "compile=false",
+        "dtype=float32",  # bfloat16: autocast on CPUs with AVX512-BF16/AMX
+        "lr_schedule=time", "max_iters=1000000000",  # the time budget (max_time) ends the run
+    )
     dropout: float | None = None  # None: AUTO_DROPOUT when the budget repeats the data > OVERFIT_EPOCHS times, else 0
     tokens_per_s: float = 9_000  # this recipe's speed on a 2-core CPU (docs/RECIPES.md), to predict the epochs
 
@@ -61,19 +59,18 @@ class Recipe:
             return 0.0
         return AUTO_DROPOUT if self.epochs(train_tokens, max_time) > OVERFIT_EPOCHS else 0.0
 
-    def train_config(self, data_dir: str, out_dir: str, vocab_size: int, max_time: float,
-                     train_tokens: int | None = None, **extra) -> TrainConfig:
-        """`train_tokens` (the prepared train split's size) lets dropout follow the expected epochs."""
-        model = model_preset(self.preset, vocab_size=vocab_size)
-        model.dropout = self.dropout_for(train_tokens, max_time)
-        apply_overrides(model, self.model_overrides)
-        return TrainConfig(
-            data_dir=data_dir, out_dir=out_dir, preset=self.preset, model=model, block_size=self.block_size,
-            batch_size=self.batch_size, lr=self.lr, min_lr=self.min_lr, warmup_iters=self.warmup_iters,
-            weight_decay=self.weight_decay, eval_interval=self.eval_interval, eval_windows=self.eval_windows,
-            checkpoint_interval=self.eval_interval, max_iters=10**9, max_time=max_time, lr_schedule="time",
-            compile=self.compile, dtype=self.dtype, **extra,
-        )
+    def overrides(self, max_time: float, train_tokens: int | None = None) -> list[str]:
+        """The recipe as `--set` assignments; a `model.dropout` in `sets` wins over the automatic one."""
+        return [f"model.dropout={self.dropout_for(train_tokens, max_time)}", *self.sets, f"max_time={max_time}"]
+
+    def train_config(self, data_dir: str, out_dir: str, vocab_size: int | None, max_time: float,
+                     train_tokens: int | None = None, **flags) -> TrainConfig:
+        """The resolved TrainConfig; `train_tokens` (the prepared train split's size) lets dropout follow the
+        expected epochs; `flags` are further TrainConfig fields (seed, progress, resume, ...)."""
+        from tinygemma.runconfig import resolve_config
+
+        return resolve_config(self.preset, sets=self.overrides(max_time, train_tokens),
+                              flags={"data_dir": data_dir, "out_dir": out_dir, **flags}, vocab_size=vocab_size)
 
 
 RECIPE = Recipe()
@@ -107,10 +104,9 @@ def _read_state(out_dir: Path) -> dict:
         return {}
 
 
-def _train(cfg: TrainConfig, out_dir: Path, resume: bool) -> dict:
+def _train(cfg: TrainConfig, out_dir: Path) -> dict:
     from tinygemma.train import train
 
-    cfg.resume = resume
     atomic_write_json(out_dir / STATE_NAME, {"status": "running", "data_dir": cfg.data_dir, "max_time": cfg.max_time,
                                             "dropout": cfg.model.dropout})
     summary = train(cfg)
@@ -181,14 +177,14 @@ def quickstart(source: str | None = None, val_source: str | None = None, minutes
             recipe = replace(recipe, dropout=state["dropout"])
     cfg = recipe.train_config(data_dir, out_dir, meta["tokenizer"]["vocab_size"], max_time=minutes * 60,
                               train_tokens=meta["train"]["tokens"], seed=seed, sample_every_eval=True,
-                              progress=progress, force=not resume)
+                              progress=progress, force=not resume, resume=resume)
     epochs = recipe.epochs(meta["train"]["tokens"], minutes * 60)
     print(f"recipe: {recipe.preset}, {recipe.tokenizer}, dropout {cfg.model.dropout:g} "
           f"(about {epochs:.1f} passes over {meta['train']['tokens']:,} training tokens in {minutes:g} min "
           f"on a 2-core CPU)", flush=True)
     t0 = time.time()
-    summary = _train(cfg, out, resume)
+    summary = _train(cfg, out)
     print(f"trained {summary['step']:,} steps, {summary['tokens_seen']:,} tokens in {time.time() - t0:.0f} s "
           f"({summary['stop_reason']})", flush=True)
-    _report(out, data_dir, recipe.block_size, stories=3, seed=seed)
+    _report(out, data_dir, cfg.block_size, stories=3, seed=seed)
     return summary

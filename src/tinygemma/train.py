@@ -32,7 +32,6 @@ from tinygemma.evaluate import windows_loss
 from tinygemma.metrics import MetricsLog, flops_per_token, peak_flops, peak_memory_mb
 from tinygemma.model import Gemma3Model
 from tinygemma.optim import build_optimizer, lr_at, set_lr
-from tinygemma.runconfig import resolve_model_config
 
 
 # ---------------------------------------------------------------- small helpers
@@ -188,8 +187,11 @@ class LoopState:
 def train(cfg: TrainConfig, on_eval: Callable[[dict], None] | None = None) -> dict:
     """Train as configured and return a summary (best val loss, bpb, tokens seen, paths, stop reason).
 
-    `on_eval(record)` is called on rank 0 after each evaluation (the record is the metrics line).
+    `cfg` is a resolved config (runconfig.resolve_config: its model is set). `on_eval(record)` is
+    called on rank 0 after each evaluation (the record is the metrics line).
     """
+    if cfg.model is None:
+        raise ValueError("train() takes a resolved config: build it with tinygemma.runconfig.resolve_config")
     device = resolve_device(cfg.device)
     info = distributed.setup(device.type)
     if info.enabled and device.type == "cuda":
@@ -208,8 +210,7 @@ def _run(cfg: TrainConfig, device: torch.device, info: DistInfo, on_eval) -> dic
 
     out_dir = Path(cfg.out_dir)
     meta = read_meta(cfg.data_dir)
-    model_cfg = resolve_model_config(cfg, meta)
-    cfg.model = model_cfg
+    model_cfg = cfg.model
     fingerprint = data_fingerprint(meta)
     state = _load_or_refuse(cfg, out_dir, model_cfg, fingerprint)
     if cfg.batch_size % info.world_size:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tinygemma import checkpoint
-from tinygemma.config import TrainConfig, tiny
+from tinygemma.config import TrainConfig, apply_overrides, tiny
 from tinygemma.data import FORMAT_VERSION
 from tinygemma.errors import TinyGemmaError
 from tinygemma.model import Gemma3Model
@@ -37,7 +37,7 @@ def tiny_run(tmp_path, out="out", **kw):
     base = dict(data_dir=str(tmp_path / "data"), out_dir=str(tmp_path / out), preset="tiny", batch_size=4,
                 block_size=16, max_iters=6, lr_decay_iters=6, warmup_iters=2, lr=1e-2, eval_interval=3,
                 eval_windows=8, log_interval=1, checkpoint_interval=100, progress=False)
-    return TrainConfig(**{**base, **kw})
+    return resolve_config(flags={**base, **kw})
 
 
 @pytest.fixture
@@ -146,9 +146,7 @@ def test_early_stopping_after_patience_evals(tmp_path, data):
 
 def test_resume_refuses_changed_model_or_data_unless_forced(tmp_path, data):
     train(tiny_run(tmp_path, max_iters=2))
-    bigger = tiny()
-    bigger.n_layers, bigger.layer_types = 3, ()
-    bigger.__post_init__()
+    bigger = apply_overrides(tiny(), ["n_layers=3"])
     with pytest.raises(TinyGemmaError, match="model config changed.*n_layers"):
         train(tiny_run(tmp_path, max_iters=4, resume=True, model=bigger))
     make_data(tmp_path / "data", seed=1)  # same shape, different tokens
