@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tinygemma import checkpoint
+from tinygemma.checkpoint import Progress, RunState, capture_rng
 from tinygemma.config import TrainConfig, apply_overrides, tiny
 from tinygemma.data import FORMAT_VERSION
 from tinygemma.errors import TinyGemmaError
@@ -153,6 +154,45 @@ def test_resume_refuses_changed_model_or_data_unless_forced(tmp_path, data):
     with pytest.raises(TinyGemmaError, match="data in --data-dir differs"):
         train(tiny_run(tmp_path, max_iters=4, resume=True))
     assert train(tiny_run(tmp_path, max_iters=4, resume=True, force=True))["step"] == 4
+
+
+def test_run_state_reads_every_key_it_writes():
+    state = RunState(model={"w": torch.ones(2)}, optimizer={"state": {}}, samplers=[{"step": 3}], rng=capture_rng(),
+                     progress=Progress(5, 80, 1.5, 1, 2.0), history=[{"step": 5}], model_config=tiny(),
+                     data_fingerprint={"train": "abc"}, train_config=TrainConfig().to_dict())
+    written, read = state.state_dict(), set()
+
+    class Recorder(dict):
+        def __getitem__(self, key):
+            read.add(key)
+            return super().__getitem__(key)
+
+        def get(self, key, default=None):
+            read.add(key)
+            return super().get(key, default)
+
+    loaded = RunState()
+    loaded.load_state_dict(Recorder(written))
+    assert read == set(written)
+    assert (loaded.progress, loaded.model_config, loaded.world_size, loaded.history) == (state.progress, tiny(), 1,
+                                                                                         [{"step": 5}])
+
+
+def test_an_early_version_1_resume_file_loads_and_another_version_is_named(tmp_path):
+    state = RunState(samplers=[{}], model_config=tiny()).state_dict()
+    del state["train_time"]  # written before lr_schedule=time counted the seconds
+    checkpoint.save_resume(state, tmp_path)
+    assert RunState.load(tmp_path).progress.train_time == 0.0
+    torch.save({**state, "version": 7}, tmp_path / checkpoint.RESUME_NAME)
+    with pytest.raises(TinyGemmaError, match="resume-file version 7, this tinygemma reads version 1") as err:
+        RunState.load(tmp_path)
+    assert "\n" not in str(err.value)
+
+
+def test_a_resume_with_changed_settings_says_which(tmp_path, data, capsys):
+    train(tiny_run(tmp_path, max_iters=2))
+    train(tiny_run(tmp_path, max_iters=3, resume=True, lr=5e-3))
+    assert "settings that differ from the run's own (lr)" in capsys.readouterr().out
 
 
 def test_fresh_run_refuses_to_overwrite_a_run(tmp_path, data):
