@@ -93,10 +93,10 @@ def say(*args) -> None:
 
 
 def prepare_data(train_file: Path, valid_file: Path, tokenizer: str, out: Path) -> dict:
-    from tinygemma.prepare import prepare
+    from tinygemma.prepare import PrepareOptions, prepare
 
-    return prepare(str(train_file), val_source=str(valid_file), tokenizer=tokenizer, out=out, quiet=True,
-                   progress=False)
+    return prepare(PrepareOptions(source=str(train_file), val_source=str(valid_file), tokenizer=tokenizer, out=out,
+                                  quiet=True, progress=False))
 
 
 def run_ours(train_file: Path, valid_file: Path, seconds: float, work: Path, seed: int) -> dict:

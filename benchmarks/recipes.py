@@ -93,11 +93,11 @@ def write_fraction(src: Path, fraction: float, out: Path) -> int:
 
 
 def prepared(tokenizer: str, train_file: Path, valid_file: Path, work: Path) -> tuple[Path, dict]:
-    from tinygemma.prepare import prepare
+    from tinygemma.prepare import PrepareOptions, prepare
 
     data = work / f"data_{tokenizer.replace(':', '_')}_{train_file.stem}"
-    meta = prepare(str(train_file), val_source=str(valid_file), tokenizer=tokenizer, out=data, quiet=True,
-                   progress=False, doc_split=SEPARATOR)
+    meta = prepare(PrepareOptions(source=str(train_file), val_source=str(valid_file), tokenizer=tokenizer, out=data,
+                                  quiet=True, progress=False, doc_split=SEPARATOR))
     return data, meta
 
 

@@ -42,11 +42,12 @@ SIZES = {  # name: (preset, batch, block, warmup steps, timed steps)
 
 def prepare_data(folder: Path) -> str:
     from tinygemma.data import FORMAT_VERSION
-    from tinygemma.prepare import prepare
+    from tinygemma.prepare import PrepareOptions, prepare
 
     train_txt, val_txt = SHARED / "tinystories_train_sample.txt", SHARED / "tinystories_valid_sample.txt"
     if train_txt.exists() and val_txt.exists():
-        prepare(str(train_txt), val_source=str(val_txt), tokenizer="gpt2", out=folder, quiet=True)
+        prepare(PrepareOptions(source=str(train_txt), val_source=str(val_txt), tokenizer="gpt2", out=folder,
+                               quiet=True))
         return "TinyStories sample (GPT-2 tokens)"
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)

@@ -17,6 +17,7 @@ import difflib
 import functools
 import json
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -42,7 +43,7 @@ def default_layer_types(n_layers: int, pattern: int = 6) -> tuple[str, ...]:
 # ---------------------------------------------------------------- checking a config's fields
 
 
-def _f(default: Any, *, ge: float | None = None, gt: float | None = None, lt: float | None = None,
+def ranged(default: Any, *, ge: float | None = None, gt: float | None = None, lt: float | None = None,
        le: float | None = None, choices: tuple[str, ...] | None = None) -> Any:
     """A dataclass field whose value must lie in the given bounds (ge: >=, gt: >, lt: <, le: <=) or choices."""
     return dataclasses.field(default=default, metadata={"ge": ge, "gt": gt, "lt": lt, "le": le, "choices": choices})
@@ -74,6 +75,8 @@ def _as_type(name: str, typ: Any, value: Any) -> Any:
             raise _BadValue(f"{name} must be true or false, got {value!r}")
         return value
     if typ is str:
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
         if not isinstance(value, str):
             raise _BadValue(f"{name} must be a string, got {value!r}")
         return value
@@ -105,8 +108,9 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _check_fields(cfg: Any, what: str) -> None:
-    """Coerce every field of a (frozen) config to its type and check its range; one error for all problems."""
+def check_fields(cfg: Any, what: str) -> None:
+    """Coerce every field of a (frozen) config to its type and check its range (`ranged`); one error for all
+    problems, "invalid <what> config: ...". Every config dataclass calls it first in __post_init__."""
     problems = []
     for f in fields(cfg):
         try:
@@ -140,27 +144,27 @@ def known_keys(cls: type, keys, where: str) -> None:
 class ModelConfig:
     """The Gemma 3 text-model shape. Defaults are Gemma 3 270M (see docs/MODEL.md)."""
 
-    vocab_size: int = _f(262_144, ge=1)
-    hidden_size: int = _f(640, ge=1)
-    n_layers: int = _f(18, ge=1)
-    n_heads: int = _f(4, ge=1)
-    n_kv_heads: int = _f(1, ge=1)
-    head_dim: int = _f(256, ge=2)  # even: RoPE rotates pairs of dimensions
-    intermediate_size: int = _f(2048, ge=1)
-    sliding_window: int = _f(512, ge=1)
+    vocab_size: int = ranged(262_144, ge=1)
+    hidden_size: int = ranged(640, ge=1)
+    n_layers: int = ranged(18, ge=1)
+    n_heads: int = ranged(4, ge=1)
+    n_kv_heads: int = ranged(1, ge=1)
+    head_dim: int = ranged(256, ge=2)  # even: RoPE rotates pairs of dimensions
+    intermediate_size: int = ranged(2048, ge=1)
+    sliding_window: int = ranged(512, ge=1)
     layer_types: tuple[str, ...] = ()  # empty -> default_layer_types(n_layers)
-    rope_local_base: float = _f(10_000.0, gt=1)  # RoPE theta on sliding layers
-    rope_global_base: float = _f(1_000_000.0, gt=1)  # RoPE theta on full layers
-    query_pre_attn_scalar: int = _f(256, ge=1)  # attention scale = query_pre_attn_scalar ** -0.5
-    rms_norm_eps: float = _f(1e-6, gt=0)
-    max_position_embeddings: int = _f(32_768, ge=1)
-    init_std: float = _f(0.02, gt=0)
-    pad_token_id: int = _f(0, ge=0)
-    eos_token_id: int = _f(1, ge=0)
-    bos_token_id: int = _f(2, ge=0)
+    rope_local_base: float = ranged(10_000.0, gt=1)  # RoPE theta on sliding layers
+    rope_global_base: float = ranged(1_000_000.0, gt=1)  # RoPE theta on full layers
+    query_pre_attn_scalar: int = ranged(256, ge=1)  # attention scale = query_pre_attn_scalar ** -0.5
+    rms_norm_eps: float = ranged(1e-6, gt=0)
+    max_position_embeddings: int = ranged(32_768, ge=1)
+    init_std: float = ranged(0.02, gt=0)
+    pad_token_id: int = ranged(0, ge=0)
+    eos_token_id: int = ranged(1, ge=0)
+    bos_token_id: int = ranged(2, ge=0)
     # Not in Gemma 3: training-only dropout on the embeddings and residual branches, for many epochs
     # over small data (docs/RECIPES.md). 0 is exactly Gemma 3; eval mode ignores it.
-    dropout: float = _f(0.0, ge=0, lt=1)
+    dropout: float = ranged(0.0, ge=0, lt=1)
 
     # The fields a model folder's config.json must give (the rest have defaults that older files relied on).
     SHAPE = ("vocab_size", "hidden_size", "n_layers", "n_heads", "n_kv_heads", "head_dim", "intermediate_size",
@@ -168,7 +172,7 @@ class ModelConfig:
              "rms_norm_eps")
 
     def __post_init__(self) -> None:
-        _check_fields(self, "model")
+        check_fields(self, "model")
         if not self.layer_types:
             object.__setattr__(self, "layer_types", default_layer_types(self.n_layers))
         problems = []
@@ -367,46 +371,46 @@ class TrainConfig:
 
     data_dir: str = DATA_DIR
     out_dir: str = MODEL_DIR
-    preset: str = _f("small", choices=tuple(PRESETS))
+    preset: str = ranged("small", choices=tuple(PRESETS))
     model: ModelConfig | None = None
     # batch: tokens per optimizer step = batch_size * block_size * grad_accum (summed over ranks)
-    batch_size: int = _f(16, ge=1)  # sequences per micro-batch, global (divided by the number of ranks)
-    block_size: int = _f(256, ge=1)
-    grad_accum: int = _f(1, ge=1)
+    batch_size: int = ranged(16, ge=1)  # sequences per micro-batch, global (divided by the number of ranks)
+    block_size: int = ranged(256, ge=1)
+    grad_accum: int = ranged(1, ge=1)
     # stop conditions: the first one reached ends the run
-    max_iters: int = _f(2000, ge=1)
-    max_tokens: int | None = _f(None, ge=1)
-    max_time: float | None = _f(None, gt=0)  # seconds of training, summed over resumes
-    patience: int | None = _f(None, ge=1)  # stop after this many evals without a better val loss
+    max_iters: int = ranged(2000, ge=1)
+    max_tokens: int | None = ranged(None, ge=1)
+    max_time: float | None = ranged(None, gt=0)  # seconds of training, summed over resumes
+    patience: int | None = ranged(None, ge=1)  # stop after this many evals without a better val loss
     # optimizer and schedule (optim.py): linear warmup, then lr_decay from lr to min_lr
-    optimizer: str = _f("adamw", choices=("adamw", "muon"))  # muon: Muon for the blocks' 2-D matrices, AdamW for the rest
-    lr: float = _f(1e-3, gt=0)
-    min_lr: float = _f(1e-4, ge=0)
-    muon_lr: float | None = _f(None, gt=0)  # Muon's lr at the peak (AdamW-matched RMS); None -> lr
-    muon_momentum: float = _f(0.95, ge=0, lt=1)
-    warmup_iters: int = _f(100, ge=0)
-    lr_decay_iters: int | None = _f(None, ge=1)  # None -> max_iters
-    lr_schedule: str = _f("steps", choices=("steps", "time"))  # time: decay over max_time seconds of training
-    lr_decay: str = _f("cosine", choices=("cosine", "wsd"))  # wsd: flat, then linear to min_lr over decay_fraction
-    decay_fraction: float = _f(0.2, gt=0, le=1)  # wsd only
-    weight_decay: float = _f(0.1, ge=0)  # matrices only (not norms)
-    beta1: float = _f(0.9, ge=0, lt=1)
-    beta2: float = _f(0.95, ge=0, lt=1)
-    grad_clip: float = _f(1.0, ge=0)  # 0 disables clipping (the norm is still logged)
+    optimizer: str = ranged("adamw", choices=("adamw", "muon"))  # muon: Muon for the blocks' 2-D matrices, AdamW for the rest
+    lr: float = ranged(1e-3, gt=0)
+    min_lr: float = ranged(1e-4, ge=0)
+    muon_lr: float | None = ranged(None, gt=0)  # Muon's lr at the peak (AdamW-matched RMS); None -> lr
+    muon_momentum: float = ranged(0.95, ge=0, lt=1)
+    warmup_iters: int = ranged(100, ge=0)
+    lr_decay_iters: int | None = ranged(None, ge=1)  # None -> max_iters
+    lr_schedule: str = ranged("steps", choices=("steps", "time"))  # time: decay over max_time seconds of training
+    lr_decay: str = ranged("cosine", choices=("cosine", "wsd"))  # wsd: flat, then linear to min_lr over decay_fraction
+    decay_fraction: float = ranged(0.2, gt=0, le=1)  # wsd only
+    weight_decay: float = ranged(0.1, ge=0)  # matrices only (not norms)
+    beta1: float = ranged(0.9, ge=0, lt=1)
+    beta2: float = ranged(0.95, ge=0, lt=1)
+    grad_clip: float = ranged(1.0, ge=0)  # 0 disables clipping (the norm is still logged)
     # evaluation, checkpoints, logging
-    eval_interval: int = _f(100, ge=1)
-    eval_windows: int = _f(64, ge=1)  # fixed validation windows of block_size, chosen once, spread over the split
-    checkpoint_interval: int = _f(100, ge=1)  # last.pt every N steps (and at exit)
-    log_interval: int = _f(10, ge=1)
+    eval_interval: int = ranged(100, ge=1)
+    eval_windows: int = ranged(64, ge=1)  # fixed validation windows of block_size, chosen once, spread over the split
+    checkpoint_interval: int = ranged(100, ge=1)  # last.pt every N steps (and at exit)
+    log_interval: int = ranged(10, ge=1)
     sample_every_eval: bool = False  # print one generated line at each eval
     sample_prompt: str = "Once upon a time"
-    sample_tokens: int = _f(40, ge=1)
+    sample_tokens: int = ranged(40, ge=1)
     tensorboard: bool = False
     wandb_project: str | None = None
     # runtime
-    seed: int = _f(1337, ge=0)
+    seed: int = ranged(1337, ge=0)
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps (auto: cuda, then mps, then cpu)
-    dtype: str = _f("auto", choices=("auto", "float32", "bfloat16"))  # auto: bf16 autocast on cuda, fp32 elsewhere
+    dtype: str = ranged("auto", choices=("auto", "float32", "bfloat16"))  # auto: bf16 autocast on cuda, fp32 elsewhere
     compile: bool | None = None  # None -> the measured default for the device (docs/TRAINING.md)
     fsdp: bool = False
     resume: bool = False
@@ -415,7 +419,7 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        _check_fields(self, "train")
+        check_fields(self, "train")
         problems = []
         if self.device not in ("auto", "cpu", "cuda", "mps") and not (
                 self.device.startswith("cuda:") and self.device[5:].isdigit()):

@@ -20,12 +20,12 @@ from typing import Iterable
 
 import numpy as np
 
+from tinygemma.config import DATA_DIR
 from tinygemma.errors import TinyGemmaError
 from tinygemma.sources import SPLITS
 from tinygemma.tokenizer import load_tokenizer
 
 FORMAT_VERSION = 2  # 1: no <bos> was written; still read for tokenizers without one (same layout)
-DEFAULT_DIR = "data/processed_datasets"
 LAYOUT = "each document is preceded by tokenizer.bos_id (when not null) and followed by tokenizer.eot_id"
 
 
@@ -54,7 +54,7 @@ def pack(pieces: Iterable[tuple[list[int], bool, bool]], bos_id: int | None, eot
 
 
 # ---------------------------------------------------------------- loading
-def read_meta(data_dir: str | os.PathLike = DEFAULT_DIR) -> dict:
+def read_meta(data_dir: str | os.PathLike = DATA_DIR) -> dict:
     path = Path(data_dir) / "meta.json"
     if not path.exists():
         raise TinyGemmaError(f"{path} not found: run `tinygemma prepare --out {data_dir}` first")
@@ -157,7 +157,7 @@ def _check_block(n_tokens: int, block_size: int, split: str) -> None:
                              "use a smaller block_size or prepare more data")
 
 
-def get_batch(split: str, block_size: int, batch_size: int, device, data_dir: str | os.PathLike = DEFAULT_DIR):
+def get_batch(split: str, block_size: int, batch_size: int, device, data_dir: str | os.PathLike = DATA_DIR):
     """The seed's get_batch: random windows drawn with torch's global RNG; int64 x, y of shape (B, T)."""
     import torch
 
@@ -200,7 +200,7 @@ class BatchSampler:
 
 
 # ---------------------------------------------------------------- inspect
-def inspect(data_dir: str | os.PathLike = DEFAULT_DIR, windows: int = 3, length: int = 64, seed: int | None = None,
+def inspect(data_dir: str | os.PathLike = DATA_DIR, windows: int = 3, length: int = 64, seed: int | None = None,
             verify: bool = False) -> str:
     """Stats from meta.json and a few decoded random windows of the training split."""
     meta = read_meta(data_dir)

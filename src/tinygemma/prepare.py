@@ -31,7 +31,8 @@ from typing import Iterator
 
 import numpy as np
 
-from tinygemma.data import DEFAULT_DIR, FORMAT_VERSION, LAYOUT, pack, read_meta
+from tinygemma.config import DATA_DIR, check_fields, ranged
+from tinygemma.data import FORMAT_VERSION, LAYOUT, pack, read_meta
 from tinygemma.errors import TinyGemmaError
 from tinygemma.fsutil import atomic_write_json
 from tinygemma.documents import PARAGRAPH_BREAK, Piece, TailCut, Task
@@ -42,6 +43,26 @@ from tinygemma.tokenizer import Tokenizer, load_tokenizer, parse_bpe_spec, train
 DEFAULT_SOURCE = "hf:roneneldan/TinyStories"
 HOLDOUT_BUCKETS = 1_000_000
 MIN_HELD_DOCUMENTS = 10  # the hash split is used when it expects at least this many validation documents
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrepareOptions(SourceOptions):
+    """Everything `prepare` takes; the CLI and the quickstart each build one. How documents are read
+    (text field, --doc-split, builtin and hf: sizes, piece sizes) is the SourceOptions part."""
+
+    source: str = DEFAULT_SOURCE  # hf:NAME, builtin, a file, a folder or a glob (tinygemma.sources)
+    val_source: str | None = None  # a separate validation source (else the source's own, else held out)
+    tokenizer: str = "gpt2"  # gpt2, gemma3, bpe:N (trained here) or a tokenizer.json path
+    out: str = DATA_DIR
+    val_fraction: float = ranged(0.01, gt=0, lt=1)  # held out for validation when there is no validation source
+    bpe_train_mb: float = ranged(200.0, gt=0)  # bpe:N learns its merges from up to this many MB of training text
+    num_proc: int | None = ranged(None, ge=1)  # worker processes (None: every core this process may use)
+    force: bool = False  # rebuild even if the output is up to date
+    progress: bool | None = None  # a progress bar (None: when stderr is a terminal)
+    quiet: bool = False  # print nothing
+
+    def __post_init__(self) -> None:
+        check_fields(self, "prepare")
 
 
 @dataclass(frozen=True)
@@ -65,19 +86,20 @@ def is_held_out(doc: str, fraction: float) -> bool:
     return Holdout("hash", fraction).held(Piece(doc, key=zlib.crc32(doc.encode("utf-8"))))
 
 
-def plan_holdout(source: str, val_source: str | None, opts: SourceOptions, fraction: float) -> Holdout:
+def plan_holdout(opts: PrepareOptions) -> Holdout:
     """How to make the validation split (docs/DATA.md, "Validation split")."""
-    if val_source:
-        return Holdout("given", why=f"validation: {val_source} (--val-source)")
+    source, fraction = opts.source, opts.val_fraction
+    if opts.val_source:
+        return Holdout("given", why=f"validation: {opts.val_source} (--val-source)")
     if has_validation(source):
         return Holdout("given", why=f"validation: the validation split of {source}")
     need = math.ceil(MIN_HELD_DOCUMENTS / fraction)
     text_only = not source.startswith("hf:") and all(is_text_file(p) for p in resolve_files(source))
-    found = count_documents(source, opts, need) if text_only else need
+    found = count_documents(source, opts.reading(), need) if text_only else need
     if found >= need:
         return Holdout("hash", fraction, why=f"validation: {fraction:g} of the documents, held out by a hash of "
                                              "their text")
-    tail = tail_cut(source, opts, fraction)
+    tail = tail_cut(source, opts.reading(), fraction)
     return Holdout("tail", fraction, tail, why=(
         f"validation: the last {fraction * 100:g}% of the text, from byte {tail.offset:,} of {tail.path} (a "
         f"{tail.boundary} boundary): the source has {_count(found, 'document')}, too few to hold whole ones out "
@@ -89,20 +111,33 @@ def _count(n: int, noun: str) -> str:
 
 
 # ---------------------------------------------------------------- worker side
+@dataclass(frozen=True)
+class _Encoding:
+    """How one prepare turns tasks into ids: what every worker gets (the tokenizer, the .bin dtype, the
+    reading options, the holdout), and how many worker processes run, with a progress bar or not."""
+
+    tok: Tokenizer
+    dtype: str
+    reading: SourceOptions
+    holdout: Holdout
+    num_proc: int = 1
+    show: bool = False
+
+
 _WORKER: dict = {}
 
 
-def _init_worker(tok: Tokenizer, dtype: str, opts: SourceOptions, holdout: Holdout, in_child: bool) -> None:
+def _init_worker(enc: _Encoding, in_child: bool) -> None:
     if in_child:  # one process per core already: no extra tokenizer threads
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _WORKER.update(tok=tok, dtype=np.dtype(dtype), opts=opts, holdout=holdout)
+    _WORKER.update(enc=enc, dtype=np.dtype(enc.dtype))
 
 
 def _encode_task(task: Task) -> tuple[np.ndarray, np.ndarray, dict, dict]:
     """One task -> (ids kept, ids held out for validation, stats kept, stats held out)."""
-    pieces, replaced = parse_task(task, _WORKER["opts"])
-    holdout: Holdout = _WORKER["holdout"]
-    held = [holdout.held(p) for p in pieces]
+    enc: _Encoding = _WORKER["enc"]
+    pieces, replaced = parse_task(task, enc.reading)
+    held = [enc.holdout.held(p) for p in pieces]
     kept, kept_stats = _pack([p for p, h in zip(pieces, held) if not h])
     out, out_stats = _pack([p for p, h in zip(pieces, held) if h])
     kept_stats["replaced_chars"] = replaced  # counted where the bytes were read
@@ -111,7 +146,7 @@ def _encode_task(task: Task) -> tuple[np.ndarray, np.ndarray, dict, dict]:
 
 def _pack(pieces: list[Piece]) -> tuple[np.ndarray, dict]:
     """Encode pieces into the .bin layout (data.pack) in the .bin dtype, with their stats."""
-    tok: Tokenizer = _WORKER["tok"]
+    tok: Tokenizer = _WORKER["enc"].tok
     ids = tok.encode_batch([p.text for p in pieces]) if pieces else []
     arr = pack(((i, p.opens, p.closes) for i, p in zip(ids, pieces)), tok.bos_id, tok.eot_id)
     if len(arr) and int(arr.max()) >= tok.vocab_size:
@@ -124,20 +159,20 @@ def _pack(pieces: list[Piece]) -> tuple[np.ndarray, dict]:
         "paragraphs": docs + sum(len(PARAGRAPH_BREAK.findall(p.text)) for p in pieces), "replaced_chars": 0}
 
 
-def _results(tasks: Iterator, num_proc: int, init_args: tuple) -> Iterator[tuple]:
-    """Encode tasks on `num_proc` processes; yield results in task order, <= 2 per worker in flight."""
-    if num_proc <= 1:
-        _init_worker(*init_args, in_child=False)
+def _results(tasks: Iterator, enc: _Encoding) -> Iterator[tuple]:
+    """Encode tasks on `enc.num_proc` processes; yield results in task order, <= 2 per worker in flight."""
+    if enc.num_proc <= 1:
+        _init_worker(enc, in_child=False)
         yield from map(_encode_task, tasks)
         return
     ctx = mp.get_context("fork" if sys.platform == "linux" else "spawn")
     # Set before forking: HF tokenizers then skips its "forked after parallelism" warning.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    with ctx.Pool(num_proc, initializer=_init_worker, initargs=(*init_args, True)) as pool:
+    with ctx.Pool(enc.num_proc, initializer=_init_worker, initargs=(enc, True)) as pool:
         pending: collections.deque = collections.deque()
         for task in tasks:
             pending.append(pool.apply_async(_encode_task, (task,)))
-            if len(pending) >= 2 * num_proc:
+            if len(pending) >= 2 * enc.num_proc:
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
@@ -196,69 +231,64 @@ class _Progress:
 
 
 # ---------------------------------------------------------------- prepare
-def prepare(source: str = DEFAULT_SOURCE, *, val_source: str | None = None, tokenizer: str = "gpt2",
-            out: str | os.PathLike = DEFAULT_DIR, num_proc: int | None = None, text_field: str = "text",
-            doc_split: str = "auto", val_fraction: float = 0.01, builtin_mb: float = 20.0,
-            builtin_val_mb: float = 1.0, seed: int = 0, hf_mb: float | None = None, bpe_train_mb: float = 200.0,
-            force: bool = False, segment_bytes: int = 1 << 20, chunk_bytes: int = 1 << 20,
-            progress: bool | None = None, quiet: bool = False) -> dict:
-    """Tokenize `source` (and `val_source`) into `out`/{train,validation}.bin + meta.json; return meta."""
-    out = Path(out)
-    opts = SourceOptions(text_field=text_field, doc_split=doc_split, builtin_mb=builtin_mb,
-                         builtin_val_mb=builtin_val_mb, seed=seed, hf_mb=hf_mb, segment_bytes=segment_bytes,
-                         chunk_bytes=chunk_bytes)
-    say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
-    if not 0 < val_fraction < 1:
-        raise TinyGemmaError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
-    num_proc = max(1, int(num_proc or default_num_proc()))
-    settings = {"format_version": FORMAT_VERSION, "source": source, "val_source": val_source,
-                "tokenizer": tokenizer, "val_fraction": val_fraction, "bpe_train_mb": bpe_train_mb, **opts.settings()}
-    inputs = [describe_inputs(source, opts), describe_inputs(val_source, opts) if val_source else None,
-              _tokenizer_inputs(tokenizer)]
+def prepare(opts: PrepareOptions) -> dict:
+    """Tokenize opts.source (and opts.val_source) into opts.out/{train,validation}.bin + meta.json; return meta."""
+    out = Path(opts.out)
+    say = (lambda *a: None) if opts.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    settings = {"format_version": FORMAT_VERSION, "source": opts.source, "val_source": opts.val_source,
+                "tokenizer": opts.tokenizer, "val_fraction": opts.val_fraction, "bpe_train_mb": opts.bpe_train_mb,
+                **opts.settings()}
+    inputs = [describe_inputs(opts.source, opts), describe_inputs(opts.val_source, opts) if opts.val_source else None,
+              _tokenizer_inputs(opts.tokenizer)]
     inputs_sha = hashlib.sha256(json.dumps([settings, inputs], sort_keys=True).encode()).hexdigest()
     if out.is_dir():
         _remove_stale_temps(out)
-    if not force and (meta := _up_to_date(out, inputs_sha)):
+    if not opts.force and (meta := _up_to_date(out, inputs_sha)):
         say(f"{out} is already up to date (same inputs and settings); nothing to do (use --force to rebuild)")
         return meta
-
-    holdout = plan_holdout(source, val_source, opts, val_fraction)
+    holdout = plan_holdout(opts)
     say(holdout.why)
-    tok = _make_tokenizer(tokenizer, source, holdout, bpe_train_mb, opts, say)
-    dtype = "uint16" if tok.vocab_size <= 1 << 16 else "uint32"
+    tok = _make_tokenizer(opts, holdout, say)
+    enc = _Encoding(tok, "uint16" if tok.vocab_size <= 1 << 16 else "uint32", opts.reading(), holdout,
+                    max(1, opts.num_proc or default_num_proc()),
+                    sys.stderr.isatty() if opts.progress is None else opts.progress)
     out.mkdir(parents=True, exist_ok=True)
-
     t0 = time.perf_counter()
+    splits, meta = _write(opts, enc, out, settings, inputs_sha)
+    _report(out, splits, enc, time.perf_counter() - t0, say)
+    return meta
+
+
+def _write(opts: PrepareOptions, enc: _Encoding, out: Path, settings: dict, inputs_sha: str) -> tuple[dict, dict]:
+    """Both splits into temporary files, then renamed into place with meta.json last; -> (split stats, meta)."""
     writers = {split: _SplitWriter(out, split) for split in SPLITS}
     tok_dir = out / f".tokenizer.{os.getpid()}.tmp"
-    run = (tok, dtype, opts, holdout, num_proc, sys.stderr.isatty() if progress is None else progress)
     try:
-        if holdout.method == "hash":  # one pass; each worker sends held-out documents to validation
-            _tokenize(source, "train", writers["train"], writers["validation"], *run)
+        if enc.holdout.method == "hash":  # one pass; each worker sends held-out documents to validation
+            _tokenize(opts.source, "train", writers["train"], writers["validation"], enc)
         else:
-            _tokenize(source, "train", writers["train"], None, *run)
-            val_split = "train" if val_source else "validation"  # a separate val source is read whole
-            _tokenize(val_source or source, val_split, writers["validation"], None, *run)
+            _tokenize(opts.source, "train", writers["train"], None, enc)
+            val_split = "train" if opts.val_source else "validation"  # a separate val source is read whole
+            _tokenize(opts.val_source or opts.source, val_split, writers["validation"], None, enc)
         splits = {split: w.close() for split, w in writers.items()}
-        _check_not_empty(splits, source, val_source)
-        meta = _meta(source, val_source, holdout, tok.save(tok_dir), dtype, splits, settings, inputs_sha)
+        _check_not_empty(splits, opts.source, opts.val_source)
+        meta = _meta(opts, enc, enc.tok.save(tok_dir), splits, settings, inputs_sha)
         _commit(out, writers, tok_dir, meta)
     finally:
         for w in writers.values():
             w.discard()
         shutil.rmtree(tok_dir, ignore_errors=True)
-    _report(out, splits, tok, dtype, num_proc, time.perf_counter() - t0, say)
-    return meta
+    return splits, meta
 
 
-def _report(out: Path, splits: dict, tok: Tokenizer, dtype: str, num_proc: int, seconds: float, say) -> None:
+def _report(out: Path, splits: dict, enc: _Encoding, seconds: float, say) -> None:
     """What prepare found: documents and paragraphs per split (a wrong --doc-split shows at once), speed."""
     for name, s in splits.items():
         say(f"{name}: {_count(s['documents'], 'document')}, {s['paragraphs'] / max(s['documents'], 1):,.1f} paragraphs "
             f"per document on average, {s['bytes']:,} bytes, {s['tokens']:,} tokens")
     n = sum(s["tokens"] for s in splits.values())
-    say(f"prepared {out} ({tok.name}, {dtype}) in {seconds:.1f} s, {n / seconds / 1e6:.2f} M tokens/s with "
-        f"{num_proc} process(es)")
+    say(f"prepared {out} ({enc.tok.name}, {enc.dtype}) in {seconds:.1f} s, {n / seconds / 1e6:.2f} M tokens/s with "
+        f"{enc.num_proc} process(es)")
     replaced = sum(s["replaced_chars"] for s in splits.values())
     if replaced:
         say(f"warning: {replaced} undecodable byte sequence(s) were replaced by U+FFFD (meta.json replaced_chars)")
@@ -268,22 +298,21 @@ def encode_source(source: str, tok: Tokenizer, opts: SourceOptions) -> tuple[np.
     """Every document of `source` (its validation split, for builtin and hf:) read and packed exactly as
     prepare writes a split, in memory: int64 ids and the split's stats (tokens, documents, bytes, ...)."""
     parts, stats = [], {"tokens": 0, "documents": 0, "paragraphs": 0, "bytes": 0, "replaced_chars": 0}
-    for ids, _, part_stats, _ in _results(iter_tasks(source, "validation", opts), 1,
-                                          (tok, "int64", opts, Holdout("given"))):
+    for ids, _, part_stats, _ in _results(iter_tasks(source, "validation", opts), _Encoding(tok, "int64", opts,
+                                                                                             Holdout("given"))):
         parts.append(ids)
         for k in stats:
             stats[k] += part_stats[k]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64), stats
 
 
-def _tokenize(src: str, split: str, writer: "_SplitWriter", held_writer: "_SplitWriter | None", tok: Tokenizer,
-              dtype: str, opts: SourceOptions, holdout: Holdout, num_proc: int, show: bool) -> None:
+def _tokenize(src: str, split: str, writer: "_SplitWriter", held_writer: "_SplitWriter | None", enc: _Encoding) -> None:
     """Stream one source split through the workers into `writer` (held-out documents into `held_writer`)."""
     label = f"{writer.final.stem}{'+validation' if held_writer else ''} {src}"
-    bar = _Progress(label, source_bytes(src), show)
+    bar = _Progress(label, source_bytes(src), enc.show)
     sizes: collections.deque = collections.deque()
-    tasks = (sizes.append(_task_size(t)) or t for t in iter_tasks(src, split, opts, holdout.tail))
-    for kept, held, kept_stats, held_stats in _results(tasks, num_proc, (tok, dtype, opts, holdout)):
+    tasks = (sizes.append(_task_size(t)) or t for t in iter_tasks(src, split, enc.reading, enc.holdout.tail))
+    for kept, held, kept_stats, held_stats in _results(tasks, enc):
         writer.write(kept, kept_stats)
         if held_writer is not None:
             held_writer.write(held, held_stats)
@@ -302,22 +331,21 @@ def _tokenizer_inputs(spec: str) -> list:
     return [str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns]
 
 
-def _make_tokenizer(spec: str, source: str, holdout: Holdout, bpe_train_mb: float, opts: SourceOptions,
-                    say) -> Tokenizer:
-    vocab = parse_bpe_spec(spec)
+def _make_tokenizer(opts: PrepareOptions, holdout: Holdout, say) -> Tokenizer:
+    vocab = parse_bpe_spec(opts.tokenizer)
     if vocab is None:
-        return load_tokenizer(spec)
-    say(f"training {spec} on up to {bpe_train_mb:g} MB of {source} ...")
-    return train_bpe(_bpe_docs(source, holdout, bpe_train_mb, opts), vocab)
+        return load_tokenizer(opts.tokenizer)
+    say(f"training {opts.tokenizer} on up to {opts.bpe_train_mb:g} MB of {opts.source} ...")
+    return train_bpe(_bpe_docs(opts, holdout), vocab)
 
 
-def _bpe_docs(source: str, holdout: Holdout, budget_mb: float, opts: SourceOptions) -> Iterator[str]:
-    """The training split's text (held-out documents excluded), up to `budget_mb`."""
+def _bpe_docs(opts: PrepareOptions, holdout: Holdout) -> Iterator[str]:
+    """The training split's text (held-out documents excluded), up to bpe_train_mb."""
     total = 0
-    for piece in iter_pieces(source, "train", opts, holdout.tail):
+    for piece in iter_pieces(opts.source, "train", opts.reading(), holdout.tail):
         if holdout.held(piece):
             continue
-        if total >= budget_mb * 1e6:
+        if total >= opts.bpe_train_mb * 1e6:
             return
         total += len(piece.text)
         yield piece.text
@@ -336,9 +364,10 @@ def default_num_proc() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _meta(source, val_source, holdout: Holdout, tok_ref, dtype, splits, settings, inputs_sha) -> dict:
+def _meta(opts: PrepareOptions, enc: _Encoding, tok_ref: dict, splits: dict, settings: dict, inputs_sha: str) -> dict:
     from tinygemma import __version__
 
+    holdout = enc.holdout
     how = {"method": holdout.method}
     if holdout.method != "given":
         how["fraction"] = holdout.fraction
@@ -348,10 +377,10 @@ def _meta(source, val_source, holdout: Holdout, tok_ref, dtype, splits, settings
         "format_version": FORMAT_VERSION,
         "tinygemma_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "source": {"train": source, "validation": val_source or source, "validation_split": holdout.why,
-                   "holdout": how},
+        "source": {"train": opts.source, "validation": opts.val_source or opts.source,
+                   "validation_split": holdout.why, "holdout": how},
         "tokenizer": tok_ref,
-        "dtype": dtype,
+        "dtype": enc.dtype,
         "layout": LAYOUT,
         **splits,
         "settings": settings,

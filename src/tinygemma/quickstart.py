@@ -14,12 +14,12 @@ import json
 import os
 import socket
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from tinygemma.config import DATA_DIR, MODEL_DIR, TrainConfig
-from tinygemma.errors import TinyGemmaError
+from tinygemma.config import DATA_DIR, MODEL_DIR, TrainConfig, check_fields, ranged
 from tinygemma.fsutil import atomic_write_json
+from tinygemma.prepare import PrepareOptions, prepare
 
 HUB_DATASET = "roneneldan/TinyStories"
 EVAL_TOKENS = 250_000  # the report scores the whole validation split up to this size (about 1 MB of text)
@@ -152,39 +152,58 @@ def _scored(ev: dict, meta: dict) -> str:
     return f"scored on {ev['documents']:,} documents, {ev['bytes']:,} bytes of {text}, {part} ({ev['tokens']:,} tokens)"
 
 
-def quickstart(source: str | None = None, val_source: str | None = None, minutes: float = 10.0,
-               data_dir: str = "data/processed_datasets", out_dir: str = "data/models", hub_mb: float = 50.0,
-               builtin_mb: float = 20.0, fresh: bool = False, seed: int = 1337, recipe: Recipe = RECIPE,
-               num_proc: int | None = None, progress: bool = True, doc_split: str = "auto") -> dict:
-    """Prepare (or reuse) data, train the recipe for `minutes`, print stories and scores; return the summary."""
-    from tinygemma.prepare import prepare
+@dataclass(frozen=True, kw_only=True)
+class QuickstartOptions:
+    """What `tinygemma quickstart` takes (its flags, with their defaults)."""
 
-    if minutes <= 0:
-        raise TinyGemmaError(f"--time must be positive (minutes), got {minutes}")
-    src, why = choose_source(source, hub_mb)
+    source: str | None = None  # anything prepare takes; None: hub TinyStories if reachable, else builtin
+    val_source: str | None = None
+    doc_split: str = "auto"
+    minutes: float = ranged(10.0, gt=0)  # the training budget (--time)
+    data_dir: str = DATA_DIR
+    out_dir: str = MODEL_DIR
+    hub_mb: float = ranged(50.0, gt=0)  # MB of TinyStories streamed from the hub
+    builtin_mb: float = ranged(20.0, gt=0)  # MB of built-in stories to train on
+    fresh: bool = False  # start over instead of resuming an interrupted run
+    seed: int = ranged(1337, ge=0)
+    num_proc: int | None = ranged(None, ge=1)  # processes for tokenizing (None: every core)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_fields(self, "quickstart")
+
+    def prepare_options(self, source: str, tokenizer: str) -> PrepareOptions:
+        """What prepare makes of them: the chosen source, the recipe's tokenizer, 1/10 of the stories for validation."""
+        return PrepareOptions(source=source, val_source=self.val_source, tokenizer=tokenizer, out=self.data_dir,
+                              num_proc=self.num_proc, doc_split=self.doc_split, builtin_mb=self.builtin_mb,
+                              builtin_val_mb=min(1.0, self.builtin_mb / 10),
+                              hf_mb=self.hub_mb if source.startswith("hf:") else None, progress=self.progress)
+
+
+def quickstart(opts: QuickstartOptions = QuickstartOptions(), recipe: Recipe = RECIPE) -> dict:
+    """Prepare (or reuse) data, train the recipe for opts.minutes, print stories and scores; return the summary."""
+    src, why = choose_source(opts.source, opts.hub_mb)
     print(why, flush=True)
-    meta = prepare(src, val_source=val_source, tokenizer=recipe.tokenizer, out=data_dir, num_proc=num_proc,
-                   doc_split=doc_split, builtin_mb=builtin_mb, builtin_val_mb=min(1.0, builtin_mb / 10),
-                   hf_mb=hub_mb if src.startswith("hf:") else None, progress=progress)
-    out = Path(out_dir)
+    meta = prepare(opts.prepare_options(src, recipe.tokenizer))
+    out = Path(opts.out_dir)
     state = _read_state(out)
-    resume = (not fresh and state.get("status") in ("running", "interrupted") and state.get("data_dir") == data_dir
-              and (out / "last.pt").exists())
+    resume = (not opts.fresh and state.get("status") in ("running", "interrupted")
+              and state.get("data_dir") == opts.data_dir and (out / "last.pt").exists())
     if resume:
         print(f"resuming the interrupted quickstart in {out} from step {state.get('step', '?')} "
               "(pass --fresh to start over)", flush=True)
         if state.get("dropout") is not None:  # the run's own, even if --time (and so the epochs) changed
             recipe = replace(recipe, dropout=state["dropout"])
-    cfg = recipe.train_config(data_dir, out_dir, meta["tokenizer"]["vocab_size"], max_time=minutes * 60,
-                              train_tokens=meta["train"]["tokens"], seed=seed, sample_every_eval=True,
-                              progress=progress, force=not resume, resume=resume)
-    epochs = recipe.epochs(meta["train"]["tokens"], minutes * 60)
+    max_time, train_tokens = opts.minutes * 60, meta["train"]["tokens"]
+    cfg = recipe.train_config(opts.data_dir, opts.out_dir, meta["tokenizer"]["vocab_size"], max_time=max_time,
+                              train_tokens=train_tokens, seed=opts.seed, sample_every_eval=True,
+                              progress=opts.progress, force=not resume, resume=resume)
     print(f"recipe: {recipe.preset}, {recipe.tokenizer}, dropout {cfg.model.dropout:g} "
-          f"(about {epochs:.1f} passes over {meta['train']['tokens']:,} training tokens in {minutes:g} min "
-          f"on a 2-core CPU)", flush=True)
+          f"(about {recipe.epochs(train_tokens, max_time):.1f} passes over {train_tokens:,} training tokens in "
+          f"{opts.minutes:g} min on a 2-core CPU)", flush=True)
     t0 = time.time()
     summary = _train(cfg, out)
     print(f"trained {summary['step']:,} steps, {summary['tokens_seen']:,} tokens in {time.time() - t0:.0f} s "
           f"({summary['stop_reason']})", flush=True)
-    _report(out, data_dir, cfg.block_size, stories=3, seed=seed)
+    _report(out, opts.data_dir, cfg.block_size, stories=3, seed=opts.seed)
     return summary

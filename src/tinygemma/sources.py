@@ -16,10 +16,11 @@ import glob
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterator
 
+from tinygemma.config import check_fields, ranged
 from tinygemma.documents import Piece, TailCut, Task, decode_utf8, file_separator, find_tail_cut, parse_text, \
     read_range, str_pieces, text_tasks
 from tinygemma.errors import TinyGemmaError
@@ -30,23 +31,29 @@ KNOWN_SUFFIXES = TEXT_SUFFIXES | JSONL_SUFFIXES | {".json", ".parquet"}
 SPLITS = ("train", "validation")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SourceOptions:
     """How documents are read; part of the settings hash that makes re-runs no-ops."""
 
     text_field: str = "text"  # .jsonl/.json/.parquet/hf column holding the text
     doc_split: str = "auto"  # text files: "auto", "line", "blank" or a literal separator (tinygemma.documents)
-    builtin_mb: float = 20.0  # size of the builtin train split (validation: builtin_val_mb)
-    builtin_val_mb: float = 1.0
-    seed: int = 0  # builtin corpus seed (validation uses seed + 1)
-    hf_mb: float | None = None  # hf: stream only the first hf_mb MB of each split (None: download it all)
-    segment_bytes: int = 1 << 20  # a longer document is tokenized in pieces of at most this many bytes
-    chunk_bytes: int = 1 << 20  # ~text per task; not part of the output (any value gives the same bytes)
+    builtin_mb: float = ranged(20.0, gt=0)  # size of the builtin train split (validation: builtin_val_mb)
+    builtin_val_mb: float = ranged(1.0, gt=0)
+    seed: int = ranged(0, ge=0)  # builtin corpus seed (validation uses seed + 1)
+    hf_mb: float | None = ranged(None, gt=0)  # hf: stream only the first hf_mb MB of each split (None: all of it)
+    segment_bytes: int = ranged(1 << 20, ge=16)  # a longer document is tokenized in pieces of at most this many bytes
+    chunk_bytes: int = ranged(1 << 20, ge=1)  # ~text per task; not part of the output (any value gives the same bytes)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "source")
+
+    def reading(self) -> "SourceOptions":
+        """Just the reading options (of a subclass such as prepare.PrepareOptions), for the worker processes."""
+        return SourceOptions(**{f.name: getattr(self, f.name) for f in fields(SourceOptions)})
 
     def settings(self) -> dict:
-        d = asdict(self)
-        d.pop("chunk_bytes")
-        return d
+        """The options that change the output (all but chunk_bytes)."""
+        return {f.name: getattr(self, f.name) for f in fields(SourceOptions) if f.name != "chunk_bytes"}
 
 
 # ---------------------------------------------------------------- worker side

@@ -10,7 +10,7 @@ import torch
 from tinygemma.checkpoint import load_model, save_config, save_weights
 from tinygemma.cli import main
 from tinygemma.config import tiny
-from tinygemma.prepare import prepare
+from tinygemma.prepare import PrepareOptions, prepare
 from tinygemma.model import Gemma3Model
 from tinygemma.tokenizer import load_tokenizer
 
@@ -23,8 +23,8 @@ def workdir(tmp_path_factory):
     d = tmp_path_factory.mktemp("gen")
     (d / "train.txt").write_text(STORY * 20)
     (d / "valid.txt").write_text(STORY * 5)
-    meta = prepare(str(d / "train.txt"), val_source=str(d / "valid.txt"), tokenizer="gpt2", out=d / "data",
-                   num_proc=1, quiet=True)
+    meta = prepare(PrepareOptions(source=str(d / "train.txt"), val_source=str(d / "valid.txt"), tokenizer="gpt2",
+                                  out=d / "data", num_proc=1, quiet=True))
     torch.manual_seed(0)
     m = Gemma3Model(tiny(vocab_size=load_tokenizer("gpt2").vocab_size))
     save_weights(m.state_dict(), d / "models" / "best_model_params.pt")

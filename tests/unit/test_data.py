@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tinygemma.data import BatchSampler, get_batch, inspect, load_split, read_meta
-from tinygemma.prepare import is_held_out, prepare
+from tinygemma.prepare import PrepareOptions, is_held_out, prepare
 from tinygemma.errors import TinyGemmaError
 from tinygemma.documents import PARAGRAPH_BREAK, literal_separator
 from tinygemma.sources import SourceOptions, iter_pieces
@@ -55,7 +55,7 @@ def run(tmp_path, source, val_docs=None, **kw):
     if val_docs is not None:
         kw["val_source"] = str(write_txt(tmp_path / "val.txt", val_docs))
     kw.setdefault("num_proc", 1)
-    return prepare(str(source), out=tmp_path / "out", quiet=True, **kw)
+    return prepare(PrepareOptions(source=str(source), out=tmp_path / "out", quiet=True, **kw))
 
 
 TRAIN, VAL = make_docs(60), make_docs(8, seed=1)
@@ -110,7 +110,7 @@ def test_a_separator_less_source_still_gets_a_validation_split_from_its_end(tmp_
     text = "\n\n".join(TRAIN)
     src = tmp_path / "book.txt"
     src.write_text(text + "\n")
-    meta = prepare(str(src), out=tmp_path / "out", num_proc=1, val_fraction=0.1)
+    meta = prepare(PrepareOptions(source=str(src), out=tmp_path / "out", num_proc=1, val_fraction=0.1))
     train, (val,) = decode_docs(tmp_path / "out", "train"), decode_docs(tmp_path / "out", "validation")
     assert len(train) == 1 and train[0] + "\n\n" + val == text  # cut at a paragraph break
     assert 0.05 < len(val) / len(text) < 0.15
@@ -203,7 +203,8 @@ def test_directory_and_glob_read_files_in_sorted_order(tmp_path):
 def test_builtin_source_round_trip(tmp_path):
     from tinygemma.corpus import iter_stories
 
-    meta = prepare("builtin", out=tmp_path, builtin_mb=0.02, builtin_val_mb=0.005, num_proc=1, quiet=True)
+    meta = prepare(PrepareOptions(source="builtin", out=tmp_path, builtin_mb=0.02, builtin_val_mb=0.005, num_proc=1,
+                                  quiet=True))
     train = decode_docs(tmp_path, "train")
     stories = iter_stories(0)
     assert train == [next(stories).strip() for _ in train]
@@ -232,7 +233,8 @@ def test_num_proc_1_and_2_write_identical_bytes(tmp_path):
     src = write_txt(tmp_path / "t.txt", make_docs(400))
     outs = []
     for n in (1, 2):
-        prepare(str(src), out=tmp_path / f"o{n}", num_proc=n, chunk_bytes=2000, val_fraction=0.05, quiet=True)
+        prepare(PrepareOptions(source=str(src), out=tmp_path / f"o{n}", num_proc=n, chunk_bytes=2000, val_fraction=0.05,
+                               quiet=True))
         outs.append([(tmp_path / f"o{n}" / f"{s}.bin").read_bytes() for s in ("train", "validation")])
     assert outs[0] == outs[1] and len(outs[0][1]) > 0
 
@@ -241,7 +243,7 @@ def test_rerun_is_a_no_op_until_inputs_or_settings_change(tmp_path, capsys):
     src = write_txt(tmp_path / "t.txt", TRAIN)
     first = run(tmp_path, src, VAL)
     stamp = (tmp_path / "out" / "train.bin").stat().st_mtime_ns
-    prepare(str(src), val_source=str(tmp_path / "val.txt"), out=tmp_path / "out", num_proc=1)
+    prepare(PrepareOptions(source=str(src), val_source=str(tmp_path / "val.txt"), out=tmp_path / "out", num_proc=1))
     assert "already up to date" in capsys.readouterr().err
     assert (tmp_path / "out" / "train.bin").stat().st_mtime_ns == stamp
     assert run(tmp_path, src, VAL, tokenizer="bpe:300")["created"] and read_meta(tmp_path / "out")["dtype"] == "uint16"
@@ -301,12 +303,15 @@ def test_undecodable_bytes_are_replaced_and_counted(tmp_path):
     (lambda p: (p / "r.jsonl").write_text('{"text": \n') and p / "r.jsonl", {}, "invalid JSON"),
     (lambda p: write_txt(p / "t.txt", TRAIN), {"tokenizer": "gpt-7"}, "unknown tokenizer"),
     (lambda p: write_txt(p / "t.txt", TRAIN), {"doc_split": ""}, "--doc-split is empty"),
+    (lambda p: write_txt(p / "t.txt", TRAIN), {"val_fraction": 1.5}, "val_fraction must be < 1"),
+    (lambda p: write_txt(p / "t.txt", TRAIN), {"bpe_train_mb": float("nan")}, "bpe_train_mb must be a finite number"),
+    (lambda p: write_txt(p / "t.txt", TRAIN), {"segment_bytes": 2.5}, "segment_bytes must be a whole number"),
 ])
 def test_prepare_errors_are_one_line_and_write_nothing(tmp_path, make, kw, match):
     source = make(tmp_path)
     kw = {"val_source": str(write_txt(tmp_path / "val.txt", VAL)), **kw}
     with pytest.raises(TinyGemmaError, match=match) as e:
-        prepare(str(source), out=tmp_path / "out", num_proc=1, quiet=True, **kw)
+        prepare(PrepareOptions(source=str(source), out=tmp_path / "out", num_proc=1, quiet=True, **kw))
     assert "\n" not in str(e.value)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
@@ -405,10 +410,11 @@ def test_hf_source_reads_the_given_splits_and_caps_them(tmp_path):
     folder.mkdir(parents=True)
     for split, docs in (("train", TRAIN), ("validation", VAL)):
         (folder / f"{split}.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-    meta = prepare(f"hf:{tmp_path / 'ds'}", out=tmp_path / "out", num_proc=1, quiet=True)
+    meta = prepare(PrepareOptions(source=f"hf:{tmp_path / 'ds'}", out=tmp_path / "out", num_proc=1, quiet=True))
     assert meta["source"]["holdout"] == {"method": "given"}
     assert decode_docs(tmp_path / "out", "train") == TRAIN and decode_docs(tmp_path / "out", "validation") == VAL
-    prepare(f"hf:{tmp_path / 'ds'}", out=tmp_path / "capped", num_proc=1, quiet=True, hf_mb=0.001)  # streamed
+    prepare(PrepareOptions(source=f"hf:{tmp_path / 'ds'}", out=tmp_path / "capped", num_proc=1, quiet=True,
+                           hf_mb=0.001))  # streamed
     n = len(decode_docs(tmp_path / "capped", "train"))
     assert decode_docs(tmp_path / "capped", "train") == TRAIN[:n] and sum(len(d) for d in TRAIN[:n - 1]) < 1000 <= sum(
         len(d) for d in TRAIN[:n])

@@ -10,7 +10,7 @@ from tinygemma.config import tiny
 from tinygemma.errors import TinyGemmaError
 from tinygemma.evaluate import _windows, evaluate_split, evaluate_text, evaluate_tokens, windows_loss
 from tinygemma.model import Gemma3Model
-from tinygemma.prepare import prepare
+from tinygemma.prepare import PrepareOptions, prepare
 from tinygemma.tokenizer import load_tokenizer
 
 
@@ -81,7 +81,8 @@ def test_max_tokens_scores_whole_documents_with_their_exact_bytes(tmp_path):
     docs = [f"Story number {i} is about a cat named Tom.\n\nThe end." for i in range(40)]
     src = tmp_path / "docs.txt"
     src.write_text("\n<|endoftext|>\n".join(docs))
-    prepare(str(src), val_source=str(src), tokenizer="gpt2", out=tmp_path / "d", quiet=True, progress=False)
+    prepare(PrepareOptions(source=str(src), val_source=str(src), tokenizer="gpt2", out=tmp_path / "d", quiet=True,
+                           progress=False))
     model = Gemma3Model(tiny(vocab_size=50257))
     full = evaluate_split(model, tmp_path / "d", block_size=32)
     part = evaluate_split(model, tmp_path / "d", block_size=32, max_tokens=full["tokens"] // 2)
@@ -116,8 +117,8 @@ def test_a_text_file_scores_as_the_same_file_prepared(tmp_path, tokenizer, doc_s
     valid.write_text("\n\n" + sep.join(STORIES[20:]) + "\n")
     (tmp_path / "train.txt").write_text(sep.join(STORIES[:20]))
     spec = bos_tokenizer_file(tmp_path, STORIES) if tokenizer == "bos" else tokenizer
-    meta = prepare(str(tmp_path / "train.txt"), val_source=str(valid), tokenizer=spec, doc_split=doc_split,
-                   out=tmp_path / "d", quiet=True, num_proc=1)
+    meta = prepare(PrepareOptions(source=str(tmp_path / "train.txt"), val_source=str(valid), tokenizer=spec,
+                                  doc_split=doc_split, out=tmp_path / "d", quiet=True, num_proc=1))
     tok = load_tokenizer(meta["tokenizer"], tmp_path / "d")
     torch.manual_seed(0)
     model = Gemma3Model(tiny(vocab_size=tok.vocab_size))
