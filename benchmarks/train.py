@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import hashlib
 import json
 import multiprocessing as mp
 import platform
@@ -41,7 +40,7 @@ SIZES = {  # name: (preset, batch, block, warmup steps, timed steps)
 
 
 def prepare_data(folder: Path) -> str:
-    from tinygemma.data import FORMAT_VERSION
+    from tinygemma.data import write_prepared
     from tinygemma.prepare import PrepareOptions, prepare
 
     train_txt, val_txt = SHARED / "tinystories_train_sample.txt", SHARED / "tinystories_valid_sample.txt"
@@ -49,15 +48,10 @@ def prepare_data(folder: Path) -> str:
         prepare(PrepareOptions(source=str(train_txt), val_source=str(val_txt), tokenizer="gpt2", out=folder,
                                quiet=True))
         return "TinyStories sample (GPT-2 tokens)"
-    folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    meta = {"format_version": FORMAT_VERSION, "dtype": "uint16",
-            "tokenizer": {"name": "gpt2", "fingerprint": "random", "vocab_size": 50257, "eot_id": 50256, "bos_id": None}}
-    for split, n in (("train", 400_000), ("validation", 50_000)):
-        ids = rng.integers(0, 50257, n).astype(np.uint16)
-        ids.tofile(folder / f"{split}.bin")
-        meta[split] = {"tokens": n, "documents": 1, "bytes": 4 * n, "sha256": hashlib.sha256(ids.tobytes()).hexdigest()}
-    (folder / "meta.json").write_text(json.dumps(meta))
+    ids = {split: rng.integers(0, 50257, n) for split, n in (("train", 400_000), ("validation", 50_000))}
+    write_prepared(folder, ids, {"name": "gpt2", "fingerprint": "random", "vocab_size": 50257, "eot_id": 50256,
+                                 "bos_id": None}, bytes_per_token=4)
     return "random GPT-2 ids"
 
 

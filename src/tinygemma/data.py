@@ -4,7 +4,8 @@ Layout (docs/DATA.md, format_version 2): each .bin is a flat array of token ids;
 is preceded by the tokenizer's <bos> when it has one (gemma3) and followed by its end-of-text id
 (`pack`); dtype uint16 when the vocabulary fits (<= 65,536 ids), else uint32. meta.json says
 which dtype, which tokenizer, and the tokens / documents / paragraphs / UTF-8 bytes / sha256 of
-each split. tinygemma.prepare writes it; this module defines the layout (`pack`, `start_token`)
+each split. tinygemma.prepare writes it from text; this module defines the layout (`pack`,
+`start_token`, `bin_dtype`, `make_meta`), writes a folder from ids in memory (`write_prepared`)
 and checks and reads it: the memmaps, the seed's get_batch, the trainer's resumable
 BatchSampler, inspect.
 """
@@ -15,6 +16,7 @@ import hashlib
 import itertools
 import json
 import os
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable
 
@@ -22,6 +24,7 @@ import numpy as np
 
 from tinygemma.config import DATA_DIR
 from tinygemma.errors import TinyGemmaError
+from tinygemma.fsutil import atomic_write_bytes, atomic_write_json
 from tinygemma.sources import SPLITS
 from tinygemma.tokenizer import load_tokenizer
 
@@ -51,6 +54,41 @@ def pack(pieces: Iterable[tuple[list[int], bool, bool]], bos_id: int | None, eot
             parts.append(eot)
     n = sum(map(len, parts))
     return np.fromiter(itertools.chain.from_iterable(parts), dtype=np.int64, count=n)
+
+
+def bin_dtype(vocab_size: int) -> str:
+    """The .bin dtype for a vocabulary: uint16 when every id fits, else uint32."""
+    return "uint16" if vocab_size <= 1 << 16 else "uint32"
+
+
+def make_meta(tokenizer: dict, dtype: str, splits: dict[str, dict], **extra) -> dict:
+    """meta.json: the format, the tokenizer reference, the dtype, each split's stats, then `extra` (where from, ...)."""
+    from tinygemma import __version__
+
+    return {"format_version": FORMAT_VERSION, "tinygemma_version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "tokenizer": tokenizer, "dtype": dtype, "layout": LAYOUT, **splits, **extra}
+
+
+def write_prepared(folder: str | os.PathLike, splits: dict[str, np.ndarray], tokenizer: dict,
+                   bytes_per_token: float | None = None) -> dict:
+    """A valid prepared folder from token ids in memory (tests, benchmarks, synthetic data); returns its meta.
+
+    `splits` holds the train and validation ids in the layout (`pack`); `tokenizer` is a tokenizer reference
+    (name, fingerprint, vocab_size, eot_id, bos_id). Each split's documents are its end-of-text ids; its UTF-8
+    bytes are tokens x `bytes_per_token` (0, unknown, without it). prepare() is the way from text."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    dtype, stats = bin_dtype(tokenizer["vocab_size"]), {}
+    for split in SPLITS:
+        ids = np.asarray(splits[split]).astype(dtype)
+        atomic_write_bytes(folder / f"{split}.bin", ids.tobytes())
+        stats[split] = {"tokens": len(ids), "documents": int(np.count_nonzero(ids == tokenizer["eot_id"])),
+                        "bytes": round(len(ids) * bytes_per_token) if bytes_per_token else 0,
+                        "sha256": hashlib.sha256(ids.tobytes()).hexdigest()}
+    meta = make_meta(tokenizer, dtype, stats)
+    atomic_write_json(folder / "meta.json", meta)
+    return meta
 
 
 # ---------------------------------------------------------------- loading

@@ -25,14 +25,13 @@ import sys
 import time
 import zlib
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 from tinygemma.config import DATA_DIR, check_fields, ranged
-from tinygemma.data import FORMAT_VERSION, LAYOUT, pack, read_meta
+from tinygemma.data import FORMAT_VERSION, bin_dtype, make_meta, pack, read_meta
 from tinygemma.errors import TinyGemmaError
 from tinygemma.fsutil import atomic_write_json
 from tinygemma.documents import PARAGRAPH_BREAK, Piece, TailCut, Task
@@ -249,7 +248,7 @@ def prepare(opts: PrepareOptions) -> dict:
     holdout = plan_holdout(opts)
     say(holdout.why)
     tok = _make_tokenizer(opts, holdout, say)
-    enc = _Encoding(tok, "uint16" if tok.vocab_size <= 1 << 16 else "uint32", opts.reading(), holdout,
+    enc = _Encoding(tok, bin_dtype(tok.vocab_size), opts.reading(), holdout,
                     max(1, opts.num_proc or default_num_proc()),
                     sys.stderr.isatty() if opts.progress is None else opts.progress)
     out.mkdir(parents=True, exist_ok=True)
@@ -365,27 +364,15 @@ def default_num_proc() -> int:
 
 
 def _meta(opts: PrepareOptions, enc: _Encoding, tok_ref: dict, splits: dict, settings: dict, inputs_sha: str) -> dict:
-    from tinygemma import __version__
-
     holdout = enc.holdout
     how = {"method": holdout.method}
     if holdout.method != "given":
         how["fraction"] = holdout.fraction
     if holdout.tail is not None:
         how.update(file=holdout.tail.path, offset=holdout.tail.offset, boundary=holdout.tail.boundary)
-    return {
-        "format_version": FORMAT_VERSION,
-        "tinygemma_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "source": {"train": opts.source, "validation": opts.val_source or opts.source,
-                   "validation_split": holdout.why, "holdout": how},
-        "tokenizer": tok_ref,
-        "dtype": enc.dtype,
-        "layout": LAYOUT,
-        **splits,
-        "settings": settings,
-        "inputs_sha256": inputs_sha,
-    }
+    source = {"train": opts.source, "validation": opts.val_source or opts.source, "validation_split": holdout.why,
+              "holdout": how}
+    return make_meta(tok_ref, enc.dtype, splits, source=source, settings=settings, inputs_sha256=inputs_sha)
 
 
 def _commit(out: Path, writers: dict, tok_dir: Path, meta: dict) -> None:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tinygemma.data import BatchSampler, get_batch, inspect, load_split, read_meta
+from tinygemma.data import BatchSampler, get_batch, inspect, load_split, read_meta, write_prepared
 from tinygemma.prepare import PrepareOptions, is_held_out, prepare
 from tinygemma.errors import TinyGemmaError
 from tinygemma.documents import PARAGRAPH_BREAK, literal_separator
@@ -329,6 +329,15 @@ def test_parquet_without_the_text_field_is_an_error(tmp_path):
 def prepared(tmp_path):
     run(tmp_path, write_txt(tmp_path / "t.txt", TRAIN), VAL)
     return tmp_path / "out"
+
+
+def test_write_prepared_makes_a_folder_that_reads_back_and_verifies(tmp_path):
+    ids = {"train": np.array([5, 66_000, 0, 7, 0]), "validation": np.array([8, 0])}
+    tok = {"name": "synthetic", "fingerprint": "s", "vocab_size": 70_000, "eot_id": 0, "bos_id": None}
+    meta = write_prepared(tmp_path, ids, tok, bytes_per_token=2.5)
+    assert meta == read_meta(tmp_path) and meta["dtype"] == "uint32"  # 66,000 does not fit in uint16
+    assert meta["train"]["documents"] == 2 and meta["validation"]["bytes"] == 5
+    np.testing.assert_array_equal(load_split(tmp_path, "train", verify=True), ids["train"])
 
 
 def test_bin_not_matching_meta_is_an_error(prepared):

@@ -1,6 +1,5 @@
 """The training loop in-process on tiny synthetic data: schedule, exact resume, NaN guard, refusals."""
 
-import hashlib
 import json
 import math
 
@@ -11,7 +10,7 @@ import torch
 from tinygemma import checkpoint
 from tinygemma.checkpoint import Progress, RunState, capture_rng
 from tinygemma.config import TrainConfig, apply_overrides, tiny
-from tinygemma.data import FORMAT_VERSION
+from tinygemma.data import write_prepared
 from tinygemma.errors import TinyGemmaError
 from tinygemma.model import Gemma3Model
 from tinygemma.runconfig import resolve_config
@@ -20,17 +19,13 @@ from tinygemma.train import fixed_val_windows, train
 
 
 def make_data(folder, vocab=256, n_train=8000, n_val=2000, seed=0):
-    """train.bin / validation.bin / meta.json in data.py's format: a learnable pattern plus 20% noise."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """A prepared folder (data.write_prepared): a learnable pattern plus 20% noise, 3 bytes per token."""
     rng = np.random.default_rng(seed)
-    meta = {"format_version": FORMAT_VERSION, "dtype": "uint16",
-            "tokenizer": {"name": "synthetic", "fingerprint": f"synthetic-{vocab}", "vocab_size": vocab,
-                          "eot_id": 0, "bos_id": None}}
-    for split, n in (("train", n_train), ("validation", n_val)):
-        ids = np.where(rng.random(n) < 0.2, rng.integers(0, vocab, n), (np.arange(n) * 7) % vocab).astype(np.uint16)
-        ids.tofile(folder / f"{split}.bin")
-        meta[split] = {"tokens": n, "documents": n // 100, "bytes": 3 * n, "sha256": hashlib.sha256(ids.tobytes()).hexdigest()}
-    (folder / "meta.json").write_text(json.dumps(meta))
+    ids = {split: np.where(rng.random(n) < 0.2, rng.integers(0, vocab, n), (np.arange(n) * 7) % vocab)
+           for split, n in (("train", n_train), ("validation", n_val))}
+    tokenizer = {"name": "synthetic", "fingerprint": f"synthetic-{vocab}", "vocab_size": vocab, "eot_id": 0,
+                 "bos_id": None}
+    write_prepared(folder, ids, tokenizer, bytes_per_token=3)
     return folder
 
 
