@@ -1,7 +1,19 @@
-"""`tinygemma prepare | data | train | generate | eval | export | quickstart`.
+"""`tinygemma prepare | data | train | generate | eval | export | import | quickstart`.
 
-Each command's arguments live in its own `add_<command>` function; the work lives in
-the concern's module. User errors (TinyGemmaError) print as one line and exit 2.
+Each command's arguments live in its own `add_<command>` function; the work lives in the
+concern's module:
+  prepare        prepare.py (PrepareOptions), reading with sources.py and documents.py (corpus.py
+                 for `builtin`), tokenizer.py; writing data.py's format
+  data inspect   data.py
+  train          runconfig.py resolves config.py's TrainConfig; train.py runs it with model.py and
+                 loss.py, optim.py, device.py, distributed.py, evaluate.py, metrics.py; checkpoint.py
+                 writes the model folder and last.pt
+  generate       checkpoint.py loads the model; generate.py (with decode.py) samples
+  eval           checkpoint.py, evaluate.py
+  export/import  checkpoint.py, hf.py
+  quickstart     quickstart.py: prepare, train, stories and scores in one command
+User errors (errors.TinyGemmaError) print as one line and exit 2; files are written atomically
+(fsutil.py). `python -m tinygemma` is __main__.py.
 """
 
 from __future__ import annotations

@@ -110,7 +110,8 @@ def read_meta(data_dir: str | os.PathLike = DATA_DIR) -> dict:
     return meta
 
 
-def _split_name(split: str) -> str:
+def split_name(split: str) -> str:
+    """A split's name in the files: train or validation ("val" and "valid" are accepted for validation)."""
     if split in ("val", "valid"):
         return "validation"
     if split not in SPLITS:
@@ -120,7 +121,7 @@ def _split_name(split: str) -> str:
 
 def load_split(data_dir: str | os.PathLike, split: str, verify: bool = False) -> np.memmap:
     """The split's token ids as a read-only memmap, checked against meta.json (sha256 and ids if `verify`)."""
-    split = _split_name(split)
+    split = split_name(split)
     meta = read_meta(data_dir)
     path = Path(data_dir) / f"{split}.bin"
     info, dtype = meta[split], np.dtype(meta["dtype"])
@@ -158,7 +159,7 @@ _SPLIT_CACHE: dict = {}
 
 def _cached_split(data_dir: str | os.PathLike, split: str) -> tuple[np.memmap, int]:
     """load_split once per (folder, split, file state): get_batch runs every step."""
-    split = _split_name(split)
+    split = split_name(split)
     path = Path(data_dir) / f"{split}.bin"
     meta_path = Path(data_dir) / "meta.json"
     key = (str(Path(data_dir).resolve()), split)
@@ -211,7 +212,7 @@ class BatchSampler:
 
     def __init__(self, data_dir: str | os.PathLike, split: str, block_size: int, batch_size: int, *,
                  seed: int = 0, rank: int = 0, world_size: int = 1, device="cpu"):
-        self.data_dir, self.split = data_dir, _split_name(split)
+        self.data_dir, self.split = data_dir, split_name(split)
         self.block_size, self.batch_size = block_size, batch_size
         self.seed, self.rank, self.world_size, self.device = seed, rank, world_size, device
         self.step = 0

@@ -126,11 +126,11 @@ def evaluate_split(model, data_dir: str | Path, split: str = "validation", block
     their byte count is then measured by decoding them (exact, since prepare round-trips).
     The result says which documents it covers: `documents` of the split's `split_documents`.
     """
-    from tinygemma.data import load_split, read_meta, start_token
+    from tinygemma.data import load_split, read_meta, split_name, start_token
 
     meta = read_meta(data_dir)
     data = load_split(data_dir, split)
-    name = "validation" if split in ("val", "valid") else split
+    name = split_name(split)
     tok = meta["tokenizer"]
     if tok.get("vocab_size", 0) > model.config.vocab_size:
         raise TinyGemmaError(f"the data's tokenizer has {tok['vocab_size']} ids but the model only "

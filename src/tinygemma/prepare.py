@@ -35,8 +35,8 @@ from tinygemma.data import FORMAT_VERSION, bin_dtype, make_meta, pack, read_meta
 from tinygemma.errors import TinyGemmaError
 from tinygemma.fsutil import atomic_write_json
 from tinygemma.documents import PARAGRAPH_BREAK, Piece, TailCut, Task
-from tinygemma.sources import SPLITS, SourceOptions, count_documents, describe_inputs, has_validation, is_text_file, \
-    iter_pieces, iter_tasks, parse_task, resolve_files, source_bytes, tail_cut
+from tinygemma.sources import SPLITS, SourceOptions, count_documents, describe_inputs, first_mb, has_validation, \
+    is_text_file, iter_pieces, iter_tasks, parse_task, resolve_files, source_bytes, tail_cut
 from tinygemma.tokenizer import Tokenizer, load_tokenizer, parse_bpe_spec, train_bpe
 
 DEFAULT_SOURCE = "hf:roneneldan/TinyStories"
@@ -339,15 +339,9 @@ def _make_tokenizer(opts: PrepareOptions, holdout: Holdout, say) -> Tokenizer:
 
 
 def _bpe_docs(opts: PrepareOptions, holdout: Holdout) -> Iterator[str]:
-    """The training split's text (held-out documents excluded), up to bpe_train_mb."""
-    total = 0
-    for piece in iter_pieces(opts.source, "train", opts.reading(), holdout.tail):
-        if holdout.held(piece):
-            continue
-        if total >= opts.bpe_train_mb * 1e6:
-            return
-        total += len(piece.text)
-        yield piece.text
+    """The training split's text (held-out documents excluded), up to bpe_train_mb MB (sources.first_mb)."""
+    pieces = iter_pieces(opts.source, "train", opts.reading(), holdout.tail)
+    return first_mb((p.text for p in pieces if not holdout.held(p)), opts.bpe_train_mb)
 
 
 def _check_not_empty(splits: dict, source: str, val_source: str | None) -> None:

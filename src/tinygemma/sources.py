@@ -264,7 +264,7 @@ def _builtin_tasks(split: str, opts: SourceOptions) -> Iterator[Task]:
     mb = opts.builtin_mb if split == "train" else opts.builtin_val_mb
     seed = opts.seed if split == "train" else opts.seed + 1
 
-    yield from _doc_tasks(_first_mb(iter_stories(seed), mb), opts.chunk_bytes)
+    yield from _doc_tasks(first_mb(iter_stories(seed), mb), opts.chunk_bytes)
 
 
 def _hf_split_names(name: str) -> list[str]:
@@ -291,11 +291,13 @@ def _hf_tasks(name: str, split: str, opts: SourceOptions) -> Iterator[Task]:
         raise TinyGemmaError(f"hf:{name} has no column {opts.text_field!r} (columns: {ds.column_names}); "
                              "pass --text-field NAME")
     docs = (d for batch in ds.iter(batch_size=1000) for d in batch[opts.text_field] if d)
-    yield from _doc_tasks(_first_mb(docs, opts.hf_mb), opts.chunk_bytes)
+    yield from _doc_tasks(first_mb(docs, opts.hf_mb), opts.chunk_bytes)
 
 
-def _first_mb(docs: Iterator[str], mb: float | None) -> Iterator[str]:
-    """The documents until `mb` MB of text have been passed (all of them when mb is None)."""
+def first_mb(docs: Iterator[str], mb: float | None) -> Iterator[str]:
+    """The documents until `mb` MB (10^6 UTF-8 bytes) of text have been passed (all of them when mb is None).
+
+    Every "first N MB" limit counts this way: --builtin-mb, --hf-mb, --bpe-train-mb."""
     total = 0
     for doc in docs:
         if mb is not None and total >= mb * 1e6:

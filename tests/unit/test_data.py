@@ -11,7 +11,7 @@ from tinygemma.data import BatchSampler, get_batch, inspect, load_split, read_me
 from tinygemma.prepare import PrepareOptions, is_held_out, prepare
 from tinygemma.errors import TinyGemmaError
 from tinygemma.documents import PARAGRAPH_BREAK, literal_separator
-from tinygemma.sources import SourceOptions, iter_pieces
+from tinygemma.sources import SourceOptions, first_mb, iter_pieces
 from tinygemma.tokenizer import load_tokenizer
 
 WORDS = "the cat dog sun tree ran jumped happy little big red blue saw friend park ball".split()
@@ -198,6 +198,12 @@ def test_directory_and_glob_read_files_in_sorted_order(tmp_path):
     assert decode_docs(tmp_path / "out", "train") == TRAIN + VAL  # a.jsonl, b.txt, sub/c.txt
     run(tmp_path, f"{src}/*.txt", VAL, force=True)
     assert decode_docs(tmp_path / "out", "train") == TRAIN[20:]
+
+
+def test_every_first_mb_limit_counts_utf8_bytes():
+    docs = ["é" * 400_000, "b", "c"]  # 800,000 bytes in 400,000 characters
+    assert list(first_mb(iter(docs), 0.5)) == docs[:1]  # past 0.5 MB after the first, counted in bytes
+    assert list(first_mb(iter(docs), None)) == docs
 
 
 def test_builtin_source_round_trip(tmp_path):
