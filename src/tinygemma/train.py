@@ -1,8 +1,9 @@
 """The training loop: `train(TrainConfig) -> summary dict`, plus the small helpers it calls.
 
-`train` takes a resolved config (runconfig.resolve_config), reads the data's meta.json, builds
-the model, optimizer and sampler once (`_build`), restores them from last.pt on --resume, and
-hands them to `_Run`, which is the loop alone. One optimizer step = `grad_accum` micro-batches of
+`train` takes a resolved config (runconfig.resolve_config), then goes one way: the data
+(`_load_data`: meta.json, this rank's sampler, the fixed validation windows), the model
+(`_build_model`: last.pt's, --init-from's or fresh weights; compiled, wrapped) and its optimizer,
+restored from last.pt on --resume, and the loop (`_Run`, which is the loop alone). One optimizer step = `grad_accum` micro-batches of
 `batch_size` sequences (global, split over ranks) of `block_size` tokens; optimizers and lr
 schedules are optim.py's, bf16 autocast and compile device.py's, parallelism distributed.py's.
 Every `eval_interval` steps the model is scored on a fixed set of validation windows (with
@@ -184,35 +185,55 @@ def train(cfg: TrainConfig, on_eval: Callable[[dict], None] | None = None) -> di
 
 
 @dataclass
-class _Parts:
-    """One process's share of a run, built once by `_build`: what the loop trains, scores and saves."""
+class _Data:
+    """The data side of a run, read before the model is built: meta.json, this rank's training batches
+    and the fixed validation windows (all of block_size's uses in the data)."""
 
-    cfg: TrainConfig
-    info: DistInfo
-    device: torch.device
-    meta: dict  # the data's meta.json
-    model: torch.nn.Module  # maybe compiled, wrapped for DDP or sharded by FSDP2
-    optimizer: Optimizers
+    meta: dict
     sampler: BatchSampler
+    val: np.ndarray  # the validation split (a memmap)
+    val_starts: np.ndarray  # fixed_val_windows: the same windows at every eval
 
     @property
     def fingerprint(self) -> dict:
         return data_fingerprint(self.meta)
 
 
-def _run(cfg: TrainConfig, device: torch.device, info: DistInfo, on_eval) -> dict:
-    meta = read_meta(cfg.data_dir)
-    saved = _saved_run(cfg, data_fingerprint(meta))
+def _load_data(cfg: TrainConfig, info: DistInfo, device: torch.device) -> _Data:
     if cfg.batch_size % info.world_size:
         raise TinyGemmaError(f"batch_size {cfg.batch_size} is not divisible by the {info.world_size} processes; "
                              "pick a multiple of --nproc_per_node")
-    parts = _build(cfg, meta, saved, device, info)
+    meta = read_meta(cfg.data_dir)
+    sampler = BatchSampler(cfg.data_dir, "train", cfg.block_size, cfg.batch_size // info.world_size,
+                           seed=cfg.seed, rank=info.rank, world_size=info.world_size, device=str(device))
+    val = load_split(cfg.data_dir, "validation")
+    return _Data(meta, sampler, val, fixed_val_windows(len(val), cfg.block_size, cfg.eval_windows))
+
+
+@dataclass
+class _Parts:
+    """One process's share of a run, built once: the config, where it runs, its data, model and optimizer."""
+
+    cfg: TrainConfig
+    info: DistInfo
+    device: torch.device
+    data: _Data
+    model: torch.nn.Module  # maybe compiled, wrapped for DDP or sharded by FSDP2
+    optimizer: Optimizers
+
+
+def _run(cfg: TrainConfig, device: torch.device, info: DistInfo, on_eval) -> dict:
+    """config (resolved) -> data -> model -> the loop."""
+    data = _load_data(cfg, info, device)
+    saved = _saved_run(cfg, data.fingerprint)
+    model = _build_model(cfg, saved, device, info)
+    parts = _Parts(cfg, info, device, data, model, build_optimizer(model, cfg, device))
     if saved is not None:
         _restore(parts, saved)
     if info.is_main:
         Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
         print("config: " + json.dumps(cfg.to_dict()), flush=True)
-        write_model_folder(cfg, meta)
+        write_model_folder(cfg, data.meta)
     return _Run(parts, saved, on_eval).run()
 
 
@@ -229,8 +250,8 @@ def _saved_run(cfg: TrainConfig, fingerprint: dict) -> RunState | None:
     return None
 
 
-def _build(cfg: TrainConfig, meta: dict, saved: RunState | None, device: torch.device, info: DistInfo) -> _Parts:
-    """The model (with last.pt's, --init-from's or fresh weights), its optimizer and this rank's sampler."""
+def _build_model(cfg: TrainConfig, saved: RunState | None, device: torch.device, info: DistInfo) -> torch.nn.Module:
+    """The model with last.pt's, --init-from's or fresh weights, on `device`, compiled and wrapped as configured."""
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -243,10 +264,7 @@ def _build(cfg: TrainConfig, meta: dict, saved: RunState | None, device: torch.d
     elif cfg.init_from:
         init_weights_from(model, cfg.init_from)
     model.to(device)
-    model = _parallelize(model, cfg, info, device)
-    sampler = BatchSampler(cfg.data_dir, "train", cfg.block_size, cfg.batch_size // info.world_size,
-                           seed=cfg.seed, rank=info.rank, world_size=info.world_size, device=str(device))
-    return _Parts(cfg, info, device, meta, model, build_optimizer(model, cfg, device), sampler)
+    return _parallelize(model, cfg, info, device)
 
 
 def _parallelize(model: Gemma3Model, cfg: TrainConfig, info: DistInfo, device: torch.device):
@@ -263,9 +281,9 @@ def _restore(parts: _Parts, saved: RunState) -> None:
     info = parts.info
     distributed.load_optimizer_state(parts.model, parts.optimizer, saved.optimizer)
     if saved.world_size == info.world_size:
-        parts.sampler.load_state_dict(saved.samplers[info.rank])
+        parts.data.sampler.load_state_dict(saved.samplers[info.rank])
     else:
-        parts.sampler.load_state_dict(_advanced_sampler_state(parts.sampler, saved.progress.step))
+        parts.data.sampler.load_state_dict(_advanced_sampler_state(parts.data.sampler, saved.progress.step))
         if info.is_main:
             print(f"note: last.pt was written by {saved.world_size} process(es), this run has {info.world_size}; "
                   "the data order continues from a fresh position (the weights and optimizer resume exactly)")
@@ -301,8 +319,6 @@ class _Run:
         self.train_losses: list[tuple[int, float]] = []  # (step, loss) of this invocation
         self.out_dir = Path(cfg.out_dir)
         self.amp = autocast_context(cfg, parts.device)
-        self.val = load_split(cfg.data_dir, "validation")
-        self.val_starts = fixed_val_windows(len(self.val), cfg.block_size, cfg.eval_windows)
         self.tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum
         self.flops_per_step = flops_per_token(cfg.model, cfg.block_size) * self.tokens_per_step
         self.peak = peak_flops(parts.device)
@@ -401,8 +417,8 @@ class _Run:
     def step(self, lr: float) -> tuple[float, float]:
         parts = self.parts
         try:
-            return train_step(parts.model, parts.optimizer, parts.sampler, self.cfg, self.amp, self.info, self.device,
-                              lr)
+            return train_step(parts.model, parts.optimizer, parts.data.sampler, self.cfg, self.amp, self.info,
+                              self.device, lr)
         except NonFiniteLoss as e:
             raise TinyGemmaError(
                 f"{e} at step {self.progress.step + 1} with lr {lr:.3g}: the learning rate is the likely cause; "
@@ -422,10 +438,11 @@ class _Run:
 
     def eval_and_save_best(self, record: dict | None) -> None:
         cfg, p = self.cfg, self.progress
-        val_loss = windows_loss(self.parts.model, self.val, self.val_starts, cfg.block_size,
+        data = self.parts.data
+        val_loss = windows_loss(self.parts.model, data.val, data.val_starts, cfg.block_size,
                                 cfg.batch_size // self.info.world_size or 1, self.device, self.amp)
         val_loss = distributed.all_reduce_mean(val_loss, self.info, self.device)  # identical; keeps ranks agreed
-        bpt = bytes_per_token(self.parts.meta)
+        bpt = bytes_per_token(data.meta)
         record = dict(record or {"step": p.step, "tokens_seen": p.tokens_seen})
         record.update(val_loss=val_loss, val_bpb=val_loss / math.log(2) / bpt if bpt else None)
         improved = val_loss < p.best_val_loss
@@ -454,7 +471,7 @@ class _Run:
 
         rng = capture_rng()
         model = distributed.unwrap(self.parts.model)
-        tok = load_tokenizer(self.parts.meta["tokenizer"], self.cfg.data_dir)
+        tok = load_tokenizer(self.parts.data.meta["tokenizer"], self.cfg.data_dir)
         # Eager even when training is compiled: one short sample with a growing KV cache would
         # otherwise trigger a recompile per new shape.
         with torch.compiler.set_stance("force_eager"):
@@ -468,16 +485,16 @@ class _Run:
         parts = self.parts
         model_sd = distributed.full_model_state(parts.model)
         optim_sd = distributed.full_optimizer_state(parts.model, parts.optimizer)
-        samplers = distributed.gather_objects(parts.sampler.state_dict(), self.info)
+        samplers = distributed.gather_objects(parts.data.sampler.state_dict(), self.info)
         self.elapsed()
         if not self.info.is_main:
             return
         RunState(model=model_sd, optimizer=optim_sd, samplers=samplers, rng=capture_rng(),
                  progress=dataclasses.replace(self.progress), history=self.log.history, model_config=self.cfg.model,
-                 data_fingerprint=parts.fingerprint, train_config=self.cfg.to_dict()).save(self.out_dir)
+                 data_fingerprint=parts.data.fingerprint, train_config=self.cfg.to_dict()).save(self.out_dir)
 
     def summary(self) -> dict:
-        p, bpt = self.progress, bytes_per_token(self.parts.meta)
+        p, bpt = self.progress, bytes_per_token(self.parts.data.meta)
         best = p.best_val_loss if math.isfinite(p.best_val_loss) else None
         return {
             "step": p.step, "tokens_seen": p.tokens_seen, "best_val_loss": best,
