@@ -282,12 +282,7 @@ def _gemma3_fields(tokenizer, vocab_size: int) -> dict[str, tuple[Any, Any, Any]
     reader = GGUFReader(str(package_path()))
     fields = {k: f for k, f in reader.fields.items() if k.startswith("tokenizer.ggml.")}
     theirs = fields["tokenizer.ggml.tokens"].contents()
-    vocab = tokenizer._tok.get_vocab(with_added_tokens=True)
-    ours = [""] * len(vocab)
-    for token, i in vocab.items():
-        ours[i] = token
-    # transformers' conversion writes the whitespace-only tokens with U+2581 where the GGUF has spaces
-    if [t.replace("\u2581", " ") for t in ours] != [t.replace("\u2581", " ") for t in theirs]:
+    if not _same_tokens(tokenizer, theirs):
         raise TinyGemmaError("this gemma3 tokenizer is not the vocabulary of the official Gemma 3 GGUF; "
                              "re-create it (delete the cached tokenizer.json under ~/.cache/tinygemma/gemma3)")
     if len(theirs) != vocab_size:
@@ -398,8 +393,8 @@ def _same_tokens(tokenizer, tokens: list[str]) -> bool:
     if tokenizer.vocab_size != len(tokens):
         return False
     if tokenizer.name == "gemma3":
-        vocab = tokenizer._tok.get_vocab(with_added_tokens=True)
-        return all(tokens[i].replace(" ", "\u2581") == t.replace(" ", "\u2581") for t, i in vocab.items())
+        # transformers' conversion writes the whitespace-only tokens with U+2581 where the GGUF has spaces
+        return [t.replace(" ", "\u2581") for t in tokenizer.tokens()] == [t.replace(" ", "\u2581") for t in tokens]
     vocab = json.loads(tokenizer_json(tokenizer))["model"]["vocab"]
     return all(tokens[i] == t for t, i in vocab.items())
 

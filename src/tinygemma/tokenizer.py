@@ -119,6 +119,13 @@ class HFTokenizer(Tokenizer):
     def to_json(self) -> str:
         return self._tok.to_str()
 
+    def tokens(self) -> list[str]:
+        """Every token's string, by id (added tokens included)."""
+        out = [""] * self.vocab_size
+        for token, i in self._tok.get_vocab(with_added_tokens=True).items():
+            out[i] = token
+        return out
+
     def save(self, folder: str | os.PathLike) -> dict:
         """Write tokenizer.json into `folder`; the returned ref's path is relative to it."""
         atomic_write_text(Path(folder) / "tokenizer.json", self.to_json())
