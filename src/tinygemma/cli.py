@@ -229,8 +229,8 @@ def add_export(sub) -> None:
     p = sub.add_parser("export", help="export a checkpoint to Hugging Face format or to GGUF (llama.cpp, Ollama)",
                        description="--format hf writes config.json (Gemma3TextConfig), model.safetensors, tokenizer "
                                    "files and generation_config.json; AutoModelForCausalLM.from_pretrained(OUT) loads "
-                                   "it offline. --format gguf writes OUT.gguf (architecture gemma3, with the tokenizer) "
-                                   "for llama.cpp and OUT.Modelfile for Ollama; a config llama.cpp would compute "
+                                   "it offline. --format gguf writes FILE.gguf (architecture gemma3, with the tokenizer) "
+                                   "for llama.cpp and FILE.Modelfile beside it for Ollama; a config llama.cpp would compute "
                                    "differently is refused and nothing is written (docs/MODEL.md).")
     _add_checkpoint_args(p)
     p.add_argument("--format", choices=["hf", "gguf"], default="hf", help="hf (default) or gguf")
