@@ -96,7 +96,8 @@ def measure(variant: str, size: str, data_dir: str) -> dict:
 
     from tinygemma.distributed import DistInfo
     from tinygemma.device import compile_model, keep_freed_memory
-    from tinygemma.train import build_optimizer, train_step
+    from tinygemma.optim import build_optimizer
+    from tinygemma.train import train_step
 
     if not variant.startswith("hf") or "heap" in variant:
         keep_freed_memory()  # what `tinygemma train` does on CPU; "hf heap" gives the baseline the same
@@ -136,7 +137,8 @@ def interleaved(size: str, data_dir: str, steps: int, bf16: bool = False) -> dic
 
     from tinygemma.distributed import DistInfo
     from tinygemma.device import keep_freed_memory
-    from tinygemma.train import build_optimizer, train_step
+    from tinygemma.optim import build_optimizer
+    from tinygemma.train import train_step
 
     keep_freed_memory()
     warmup = SIZES[size][3]

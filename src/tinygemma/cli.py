@@ -14,6 +14,14 @@ from tinygemma.errors import TinyGemmaError
 
 
 # ---------------------------------------------------------------- prepare / data (prepare.py, data.py)
+def _add_doc_split(p) -> None:
+    p.add_argument("--doc-split", default="auto", metavar="HOW",
+                   help="where documents end in text files: auto (default: at <|endoftext|> when the file has one, "
+                        "else the whole file is one document, its blank lines kept), line (one per line), blank "
+                        "(one per blank-line paragraph: drops every paragraph break), or a literal separator with "
+                        "backslash escapes, e.g. '\\n\\n\\n' for two blank lines")
+
+
 def add_prepare(sub) -> None:
     p = sub.add_parser("prepare", help="tokenise text into train.bin / validation.bin + meta.json",
                        description="Tokenise a text source into OUT/train.bin, OUT/validation.bin and OUT/meta.json "
@@ -21,17 +29,17 @@ def add_prepare(sub) -> None:
     p.add_argument("--source", default="hf:roneneldan/TinyStories",
                    help="hf:NAME, builtin, a .txt/.jsonl/.json/.parquet file, a directory or a glob (default: %(default)s)")
     p.add_argument("--val-source", default=None, help="separate validation source (default: the source's own "
-                   "validation split, else --val-fraction of its documents)")
+                   "validation split, else --val-fraction of the source)")
     p.add_argument("--tokenizer", default="gpt2", help="gpt2, gemma3, bpe:N (trained here) or a tokenizer.json path")
     p.add_argument("--out", default="data/processed_datasets", help="output folder (default: %(default)s)")
     p.add_argument("--num-proc", type=int, default=None, help="worker processes (default: all cores)")
     p.add_argument("--text-field", default="text", help="field/column with the text in .jsonl/.json/.parquet/hf")
-    p.add_argument("--doc-split", default="blank", help="text files: documents separated by 'blank' lines "
-                   "(default), one per 'line', or by a literal string such as '<|endoftext|>'")
+    _add_doc_split(p)
     p.add_argument("--one-doc-per-line", dest="doc_split", action="store_const", const="line",
                    help="same as --doc-split line")
-    p.add_argument("--val-fraction", type=float, default=0.01, help="documents held out when there is no "
-                   "validation source (default: %(default)s)")
+    p.add_argument("--val-fraction", type=float, default=0.01, help="share held out for validation when there is "
+                   "no validation source: whole documents by hash, or the end of the text when the source has "
+                   "fewer than 10/FRACTION documents (default: %(default)s)")
     p.add_argument("--builtin-mb", type=float, default=20.0, help="builtin source: MB of train text (default: %(default)s)")
     p.add_argument("--builtin-val-mb", type=float, default=1.0, help="builtin source: MB of validation text")
     p.add_argument("--seed", type=int, default=0, help="builtin source: story seed (validation uses seed+1)")
@@ -192,7 +200,9 @@ def add_eval(sub) -> None:
     _add_checkpoint_args(p)
     p.add_argument("--data-dir", default="data/processed_datasets", help="prepared data (default data/processed_datasets)")
     p.add_argument("--split", default="validation", help="train or validation (default validation)")
-    p.add_argument("--text", metavar="FILE", help="evaluate a UTF-8 text file instead of a prepared split")
+    p.add_argument("--text", metavar="FILE", help="evaluate a text file instead of a prepared split, read as "
+                   "`prepare --source FILE` reads it (same documents, tokens and bytes)")
+    _add_doc_split(p)
     p.add_argument("--block-size", type=int, default=256, help="window length in tokens (default 256)")
     p.add_argument("--stride", type=int, help="score only the last STRIDE targets of overlapping windows "
                    "(default: block size, non-overlapping)")
@@ -211,7 +221,7 @@ def add_eval(sub) -> None:
             raise TinyGemmaError(f"--block-size must be in 1..{cfg.max_position_embeddings}")
         kw = dict(block_size=a.block_size, batch_size=a.batch_size, device=device, stride=a.stride)
         if a.text:
-            res = evaluate_text(model, tok, a.text, **kw)
+            res = evaluate_text(model, tok, a.text, doc_split=a.doc_split, **kw)
         else:
             res = evaluate_split(model, a.data_dir, a.split, max_tokens=a.max_tokens, **kw)
         if a.json:
@@ -219,7 +229,8 @@ def add_eval(sub) -> None:
         else:
             where = res.get("text") or f"{a.data_dir} {res['split']}"
             print(f"{where}: loss {res['loss']:.4f}  ppl {res['ppl']:.2f}  bits/byte {res['bpb']:.4f}  "
-                  f"({res['tokens']:,} tokens, {res['bytes']:,} bytes, block {res['block_size']}, stride {res['stride']})")
+                  f"({res['documents']:,} documents, {res['tokens']:,} tokens, {res['bytes']:,} bytes, "
+                  f"block {res['block_size']}, stride {res['stride']})")
         return 0
 
     p.set_defaults(func=run)
@@ -300,6 +311,7 @@ def add_quickstart(sub) -> None:
     )
     p.add_argument("--source", help="anything `prepare` accepts (default: hub TinyStories if reachable, else builtin)")
     p.add_argument("--val-source", help="a separate validation source (e.g. valid.txt)")
+    _add_doc_split(p)
     p.add_argument("--time", type=float, default=10.0, metavar="MINUTES", help="training budget (default 10)")
     p.add_argument("--data-dir", default="data/processed_datasets", help="prepared data (default %(default)s)")
     p.add_argument("--out-dir", default="data/models", help="model, metrics, loss.png (default %(default)s)")
@@ -318,7 +330,7 @@ def _run_quickstart(a) -> int:
     try:
         quickstart(source=a.source, val_source=a.val_source, minutes=a.time, data_dir=a.data_dir,
                    out_dir=a.out_dir, hub_mb=a.hub_mb, builtin_mb=a.builtin_mb, fresh=a.fresh, seed=a.seed,
-                   num_proc=a.num_proc, progress=not a.no_progress)
+                   num_proc=a.num_proc, progress=not a.no_progress, doc_split=a.doc_split)
     except KeyboardInterrupt:
         print("interrupted: the run was saved; `tinygemma quickstart` again resumes it", file=sys.stderr)
         return 130

@@ -254,12 +254,17 @@ class TrainConfig:
     max_tokens: int | None = None
     max_time: float | None = None  # seconds of training, summed over resumes
     patience: int | None = None  # stop after this many evals without a better val loss
-    # optimizer and schedule: AdamW, linear warmup then cosine decay to min_lr at lr_decay_iters
+    # optimizer and schedule (optim.py): linear warmup, then lr_decay from lr to min_lr
+    optimizer: str = "adamw"  # adamw | muon (Muon for the blocks' 2-D matrices, AdamW for embedding and norms)
     lr: float = 1e-3
     min_lr: float = 1e-4
+    muon_lr: float | None = None  # Muon's lr at the peak (AdamW-matched RMS); None -> lr
+    muon_momentum: float = 0.95
     warmup_iters: int = 100
     lr_decay_iters: int | None = None  # None -> max_iters
-    lr_schedule: str = "steps"  # steps: cosine over lr_decay_iters; time: cosine over max_time seconds of training
+    lr_schedule: str = "steps"  # steps: decay over lr_decay_iters; time: decay over max_time seconds of training
+    lr_decay: str = "cosine"  # cosine | wsd (flat, then linear to min_lr over the last decay_fraction)
+    decay_fraction: float = 0.2  # wsd only
     weight_decay: float = 0.1  # matrices only (not norms)
     beta1: float = 0.9
     beta2: float = 0.95
@@ -297,6 +302,14 @@ class TrainConfig:
             problems.append(f"device {self.device!r} is not one of auto, cpu, cuda, mps")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             problems.append(f"dtype {self.dtype!r} is not one of auto, float32, bfloat16")
+        if self.optimizer not in ("adamw", "muon"):
+            problems.append(f"optimizer {self.optimizer!r} is not one of adamw, muon")
+        if self.muon_lr is not None and self.muon_lr <= 0:
+            problems.append("muon_lr must be positive (or unset)")
+        if self.lr_decay not in ("cosine", "wsd"):
+            problems.append(f"lr_decay {self.lr_decay!r} is not one of cosine, wsd")
+        if not 0.0 < self.decay_fraction <= 1.0:
+            problems.append(f"decay_fraction must be in (0, 1], got {self.decay_fraction}")
         if self.lr_schedule not in ("steps", "time"):
             problems.append(f"lr_schedule {self.lr_schedule!r} is not one of steps, time")
         elif self.lr_schedule == "time" and not self.max_time:

@@ -1,18 +1,22 @@
 """The prepared-data format: train.bin / validation.bin + meta.json, read back; get_batch().
 
-Layout (docs/DATA.md): each .bin is a flat array of token ids, every document followed by
-the tokenizer's end-of-text id; dtype uint16 when the vocabulary fits (<= 65,536 ids),
-else uint32. meta.json says which dtype, which tokenizer, and the tokens / documents /
-UTF-8 bytes / sha256 of each split. tinygemma.prepare writes it; this module checks and
-reads it: the memmaps, the seed's get_batch, the trainer's resumable BatchSampler, inspect.
+Layout (docs/DATA.md, format_version 2): each .bin is a flat array of token ids; every document
+is preceded by the tokenizer's <bos> when it has one (gemma3) and followed by its end-of-text id
+(`pack`); dtype uint16 when the vocabulary fits (<= 65,536 ids), else uint32. meta.json says
+which dtype, which tokenizer, and the tokens / documents / paragraphs / UTF-8 bytes / sha256 of
+each split. tinygemma.prepare writes it; this module defines the layout (`pack`, `start_token`)
+and checks and reads it: the memmaps, the seed's get_batch, the trainer's resumable
+BatchSampler, inspect.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -20,8 +24,33 @@ from tinygemma.errors import TinyGemmaError
 from tinygemma.sources import SPLITS
 from tinygemma.tokenizer import load_tokenizer
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: no <bos> was written; still read for tokenizers without one (same layout)
 DEFAULT_DIR = "data/processed_datasets"
+LAYOUT = "each document is preceded by tokenizer.bos_id (when not null) and followed by tokenizer.eot_id"
+
+
+# ---------------------------------------------------------------- the layout
+def start_token(bos_id: int | None, eot_id: int) -> int:
+    """The token right before a document's first token in prepared data: <bos> when the tokenizer has
+    one (`pack` writes it before every document), else end-of-text (which ends the document before).
+    Evaluation reads a text after it and generation prompts begin with it, as the model was trained."""
+    return eot_id if bos_id is None else bos_id
+
+
+def pack(pieces: Iterable[tuple[list[int], bool, bool]], bos_id: int | None, eot_id: int) -> np.ndarray:
+    """(ids, opens a document, closes it) per piece -> the flat int64 layout: [bos] doc eot [bos] doc eot ...
+
+    A long document comes as several pieces; only its first is preceded by bos, only its last followed by eot."""
+    bos, eot = ((bos_id,) if bos_id is not None else ()), (eot_id,)
+    parts = []
+    for ids, opens, closes in pieces:
+        if opens:
+            parts.append(bos)
+        parts.append(ids)
+        if closes:
+            parts.append(eot)
+    n = sum(map(len, parts))
+    return np.fromiter(itertools.chain.from_iterable(parts), dtype=np.int64, count=n)
 
 
 # ---------------------------------------------------------------- loading
@@ -33,9 +62,13 @@ def read_meta(data_dir: str | os.PathLike = DEFAULT_DIR) -> dict:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise TinyGemmaError(f"{path} is not valid JSON ({e}); re-run `tinygemma prepare --force`") from None
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise TinyGemmaError(f"{path} has format_version {meta.get('format_version')}, this tinygemma reads "
-                             f"{FORMAT_VERSION}; re-run `tinygemma prepare --force`")
+    version = meta.get("format_version")
+    if version == 1 and (meta.get("tokenizer") or {}).get("bos_id") is not None:
+        raise TinyGemmaError(f"{path} is format_version 1, written without the <bos> that now opens every document "
+                             f"for this tokenizer; re-run `tinygemma prepare --force`")
+    if version not in (1, FORMAT_VERSION):
+        raise TinyGemmaError(f"{path} has format_version {version}, this tinygemma reads {FORMAT_VERSION}; "
+                             "re-run `tinygemma prepare --force`")
     return meta
 
 
@@ -177,9 +210,10 @@ def inspect(data_dir: str | os.PathLike = DEFAULT_DIR, windows: int = 3, length:
     for split in SPLITS:
         s = meta[split]
         data = load_split(data_dir, split, verify=verify)
+        paragraphs = f" {s['paragraphs'] / max(s['documents'], 1):.1f} paragraphs/doc" if "paragraphs" in s else ""
         lines.append(f"  {split:<10} {s['tokens']:>13,} tokens {s['documents']:>11,} docs {s['bytes']:>14,} bytes "
                      f"{s['bytes'] / max(s['tokens'], 1):.2f} bytes/token {s['tokens'] / max(s['documents'], 1):.0f} "
-                     f"tokens/doc{'  sha256 ok' if verify else ''}")
+                     f"tokens/doc{paragraphs}{'  sha256 ok' if verify else ''}")
     tok = load_tokenizer(t, base_dir=data_dir)
     data = load_split(data_dir, "train")
     rng = np.random.default_rng(seed)

@@ -254,11 +254,12 @@ def _bpe_fields(tokenizer, vocab_size: int) -> dict[str, tuple[Any, Any, Any]]:
         "tokenizer.ggml.tokens": (token_list, T.ARRAY, T.STRING),
         "tokenizer.ggml.token_type": (type_list, T.ARRAY, T.INT32),
         "tokenizer.ggml.merges": (merges, T.ARRAY, T.STRING),
-        # no bos: prompts start as our documents did, right after an end-of-text separator
+        # No bos of its own: in training every document followed an end-of-text (data.start_token), so
+        # llama.cpp puts one in front of each prompt, as our generate does.
         "tokenizer.ggml.bos_token_id": (eot, T.UINT32, None),
         "tokenizer.ggml.eos_token_id": (eot, T.UINT32, None),
         "tokenizer.ggml.eot_token_id": (eot, T.UINT32, None),
-        "tokenizer.ggml.add_bos_token": (False, T.BOOL, None),
+        "tokenizer.ggml.add_bos_token": (True, T.BOOL, None),
         "tokenizer.ggml.add_eos_token": (False, T.BOOL, None),
     }
 

@@ -22,7 +22,7 @@ from tinygemma.errors import TinyGemmaError
 from tinygemma.fsutil import atomic_write_json
 
 HUB_DATASET = "roneneldan/TinyStories"
-EVAL_TOKENS = 250_000  # the report scores at most this many validation tokens (about 1 MB of text)
+EVAL_TOKENS = 250_000  # the report scores the whole validation split up to this size (about 1 MB of text)
 STATE_NAME = "quickstart.json"  # beside the model: {"status": "running" | "interrupted" | "done", ...}
 # Without dropout the recipe overfits once it has seen its training data about 8 times (validation loss
 # turns up at ~2M tokens of a 233k-token file, docs/RECIPES.md); past that, dropout 0.2 scored best.
@@ -125,6 +125,7 @@ def _train(cfg: TrainConfig, out_dir: Path, resume: bool) -> dict:
 
 def _report(out_dir: Path, data_dir: str, block_size: int, stories: int, seed: int) -> None:
     from tinygemma.checkpoint import load_model
+    from tinygemma.data import read_meta
     from tinygemma.evaluate import evaluate_split
     from tinygemma.generate import generate
 
@@ -135,7 +136,8 @@ def _report(out_dir: Path, data_dir: str, block_size: int, stories: int, seed: i
         print(f"\n[{i + 1}] {text.strip()}")
     ev = evaluate_split(model, data_dir, "validation", block_size=block_size, max_tokens=EVAL_TOKENS)
     print(f"\nvalidation: loss {ev['loss']:.4f} nats/token, perplexity {ev['ppl']:.2f}, "
-          f"{ev['bpb']:.4f} bits per byte ({ev['tokens']:,} tokens)")
+          f"{ev['bpb']:.4f} bits per byte")
+    print(f"  {_scored(ev, read_meta(data_dir))}")
     print(f"loss plot: {out_dir / 'loss.png'}")
     print(f"model:     {out_dir / 'best_model_params.pt'} (+ config.json)")
     print("\nnext:")
@@ -144,10 +146,20 @@ def _report(out_dir: Path, data_dir: str, block_size: int, stories: int, seed: i
     print(f"  tinygemma export --format hf --checkpoint {out_dir} --out {out_dir}/hf")
 
 
+def _scored(ev: dict, meta: dict) -> str:
+    """Which text a validation figure covers, in words."""
+    src = meta["source"]["validation"]
+    how = meta["source"].get("holdout", {}).get("method")
+    text = {"hash": f"the documents held out of {src}", "tail": f"the end of {src}"}.get(how, src)
+    whole = ev["documents"] == ev["split_documents"]
+    part = "the whole split" if whole else f"the first {ev['documents']:,} of its {ev['split_documents']:,} documents"
+    return f"scored on {ev['documents']:,} documents, {ev['bytes']:,} bytes of {text}, {part} ({ev['tokens']:,} tokens)"
+
+
 def quickstart(source: str | None = None, val_source: str | None = None, minutes: float = 10.0,
                data_dir: str = "data/processed_datasets", out_dir: str = "data/models", hub_mb: float = 50.0,
                builtin_mb: float = 20.0, fresh: bool = False, seed: int = 1337, recipe: Recipe = RECIPE,
-               num_proc: int | None = None, progress: bool = True) -> dict:
+               num_proc: int | None = None, progress: bool = True, doc_split: str = "auto") -> dict:
     """Prepare (or reuse) data, train the recipe for `minutes`, print stories and scores; return the summary."""
     from tinygemma.prepare import prepare
 
@@ -156,7 +168,8 @@ def quickstart(source: str | None = None, val_source: str | None = None, minutes
     src, why = choose_source(source, hub_mb)
     print(why, flush=True)
     meta = prepare(src, val_source=val_source, tokenizer=recipe.tokenizer, out=data_dir, num_proc=num_proc,
-                   builtin_mb=builtin_mb, builtin_val_mb=min(1.0, builtin_mb / 10), hf_mb=hub_mb if src.startswith("hf:") else None, progress=progress)
+                   doc_split=doc_split, builtin_mb=builtin_mb, builtin_val_mb=min(1.0, builtin_mb / 10),
+                   hf_mb=hub_mb if src.startswith("hf:") else None, progress=progress)
     out = Path(out_dir)
     state = _read_state(out)
     resume = (not fresh and state.get("status") in ("running", "interrupted") and state.get("data_dir") == data_dir

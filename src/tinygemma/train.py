@@ -3,8 +3,8 @@
 One optimizer step = `grad_accum` micro-batches of `batch_size` sequences (global, split over
 ranks) of `block_size` tokens. AdamW (decay on matrices only, fused on CPU and CUDA), linear warmup
 then cosine decay to `min_lr`, gradient clipping, bf16 autocast + TF32 on CUDA, fp32 on CPU.
-Every `eval_interval` steps the model is scored on a fixed set of validation windows; an
-improvement writes best_model_params.pt. last.pt (see checkpoint.save_resume) holds everything
+Every `eval_interval` steps the model is scored on a fixed set of validation windows (with
+evaluate.windows_loss: the one loss `tinygemma eval` uses too); an improvement writes best_model_params.pt. last.pt (see checkpoint.save_resume) holds everything
 an exact resume needs. SIGINT/SIGTERM save last.pt and return; a non-finite loss stops with a
 hint and leaves the last good checkpoint alone. Parallelism lives in distributed.py.
 """
@@ -28,41 +28,14 @@ from tinygemma.config import ModelConfig, TrainConfig
 from tinygemma.device import COMPILE_DEFAULT, autocast_context, compile_model, keep_freed_memory, resolve_device
 from tinygemma.distributed import DistInfo
 from tinygemma.errors import TinyGemmaError
+from tinygemma.evaluate import windows_loss
 from tinygemma.metrics import MetricsLog, flops_per_token, peak_flops, peak_memory_mb
 from tinygemma.model import Gemma3Model
+from tinygemma.optim import build_optimizer, lr_at, set_lr
 from tinygemma.runconfig import resolve_model_config
 
 
 # ---------------------------------------------------------------- small helpers
-
-
-def lr_at(step: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
-    """Linear warmup over warmup_iters, then cosine from lr to min_lr at lr_decay_iters, then flat.
-
-    With lr_schedule="time" the cosine runs over the fraction `elapsed / max_time` of the time budget
-    instead (for fixed-time runs such as the quickstart; a resumed run then is not bit-exact).
-    """
-    if step < cfg.warmup_iters:
-        return cfg.lr * (step + 1) / cfg.warmup_iters
-    if cfg.lr_schedule == "time":
-        progress = min(1.0, elapsed / cfg.max_time)
-    else:
-        decay_iters = cfg.lr_decay_iters or cfg.max_iters
-        progress = min(1.0, (step - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters))
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
-
-
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW, fused, with weight decay on matrices (dim >= 2: projections, embedding) but not on norms."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    # The fused kernel on CPU too: ~8x faster than the default per-parameter loop there (measured,
-    # 18M params, 2 threads), and transformers' Trainer default since torch 2.8.
-    extra = {"fused": True} if device.type in ("cuda", "cpu") else {}
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **extra)
 
 
 def fixed_val_windows(n_tokens: int, block_size: int, n_windows: int) -> np.ndarray:
@@ -72,23 +45,6 @@ def fixed_val_windows(n_tokens: int, block_size: int, n_windows: int) -> np.ndar
         raise TinyGemmaError(f"the validation split has {n_tokens} tokens, fewer than block_size+1={block_size + 1}; "
                              "prepare more validation text or lower --set block_size")
     return np.unique(np.linspace(0, last, num=n_windows).astype(np.int64))
-
-
-@torch.no_grad()
-def evaluate(model, val: np.ndarray, starts: np.ndarray, block_size: int, batch_size: int,
-             device: torch.device, amp) -> float:
-    """Mean next-token loss (nats/token) over the fixed windows. Every rank runs all of them."""
-    model.eval()
-    total, count = 0.0, 0
-    for i in range(0, len(starts), batch_size):
-        rows = [torch.from_numpy(val[s : s + block_size + 1].astype(np.int64)) for s in starts[i : i + batch_size]]
-        xy = torch.stack(rows).to(device)  # (b, T+1)
-        with amp:
-            _, loss = model(xy[:, :-1], xy[:, 1:])
-        total += loss.item() * len(rows)
-        count += len(rows)
-    model.train()
-    return total / count
 
 
 def data_fingerprint(meta: dict) -> dict:
@@ -189,8 +145,7 @@ def write_model_folder(out_dir: Path, model_cfg: ModelConfig, meta: dict, data_d
 def train_step(model, optimizer, sampler, cfg: TrainConfig, amp, info: DistInfo, device: torch.device,
                lr: float) -> tuple[float, float]:
     """grad_accum micro-batches, clip, AdamW step. Returns (mean loss over ranks, grad norm)."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+    set_lr(optimizer, lr)
     total = torch.zeros((), device=device)
     for micro in range(cfg.grad_accum):
         x, y = sampler.next_batch()  # (b, T) int64 on device
@@ -449,8 +404,8 @@ class _Run:
 
     def eval_and_save_best(self, record: dict | None) -> None:
         cfg, s = self.cfg, self.s
-        val_loss = evaluate(self.model, self.val, self.val_starts, cfg.block_size, cfg.batch_size // self.info.world_size
-                            or 1, self.device, self.amp)
+        val_loss = windows_loss(self.model, self.val, self.val_starts, cfg.block_size,
+                                cfg.batch_size // self.info.world_size or 1, self.device, self.amp)
         val_loss = distributed.all_reduce_mean(val_loss, self.info, self.device)  # identical; keeps ranks agreed
         bpt = bytes_per_token(self.meta)
         record = dict(record or {"step": s.step, "tokens_seen": s.tokens_seen})

@@ -69,6 +69,20 @@ def test_eval_json_on_split_and_text(workdir, capsys):
     assert code == 0 and "bits/byte" in out
 
 
+def test_eval_of_a_text_file_equals_eval_of_it_prepared(workdir):
+    """Through the real CLI: `eval --text FILE` reads FILE as prepare did (--val-source FILE), same figures."""
+    def cli_eval(*args):
+        r = subprocess.run([sys.executable, "-m", "tinygemma", "eval", "--checkpoint", str(workdir / "models"),
+                            "--device", "cpu", "--block-size", "16", "--json", *map(str, args)],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    text, split = cli_eval("--text", workdir / "valid.txt"), cli_eval("--data-dir", workdir / "data")
+    assert (text["tokens"], text["bytes"], text["documents"]) == (split["tokens"], split["bytes"], split["documents"])
+    assert abs(text["bpb"] - split["bpb"]) < 1e-6 and text["bpb"] > 0
+
+
 def test_export_then_generate_and_import_round_trip(workdir, capsys):
     hf_dir, back = workdir / "hf", workdir / "imported"
     code, out, _ = run_cli(["export", "--format", "hf", "--checkpoint", workdir / "models", "--out", hf_dir], capsys)

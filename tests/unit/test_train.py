@@ -14,7 +14,8 @@ from tinygemma.data import FORMAT_VERSION
 from tinygemma.errors import TinyGemmaError
 from tinygemma.model import Gemma3Model
 from tinygemma.runconfig import resolve_config
-from tinygemma.train import build_optimizer, fixed_val_windows, lr_at, train
+from tinygemma.optim import build_optimizer, lr_at, set_lr
+from tinygemma.train import fixed_val_windows, train
 
 
 def make_data(folder, vocab=256, n_train=8000, n_val=2000, seed=0):
@@ -65,6 +66,29 @@ def test_weight_decay_on_matrices_only():
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
 
+def test_muon_takes_the_block_matrices_and_adamw_the_rest():
+    model = Gemma3Model(tiny())
+    opt = build_optimizer(model, TrainConfig(optimizer="muon", lr=1e-3, muon_lr=2e-2), torch.device("cpu"))
+    adamw, muon = opt
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    names = {id(p): n for n, p in model.named_parameters()}
+    in_muon = {names[id(p)] for g in muon.param_groups for p in g["params"]}
+    assert in_muon == {n for n, p in model.named_parameters() if p.dim() == 2 and n != "embed_tokens.weight"}
+    in_adamw = {names[id(p)] for g in adamw.param_groups for p in g["params"]}
+    assert in_adamw == set(names.values()) - in_muon and "embed_tokens.weight" in in_adamw
+    set_lr(opt, 5e-4)  # half the peak lr: Muon's follows the same schedule from its own peak
+    assert [g["lr"] for g in muon.param_groups] == [pytest.approx(1e-2)]
+    assert [g["lr"] for g in adamw.param_groups] == [pytest.approx(5e-4)] * 2
+
+
+def test_wsd_schedule_is_flat_then_linear_to_min_lr():
+    cfg = TrainConfig(lr=1.0, min_lr=0.0, warmup_iters=10, max_iters=110, lr_decay="wsd", decay_fraction=0.2)
+    assert lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(50, cfg) == pytest.approx(1.0) and lr_at(90, cfg) == pytest.approx(1.0)  # stable for 80% of 100
+    assert lr_at(100, cfg) == pytest.approx(0.5)  # halfway through the last 20 steps
+    assert lr_at(110, cfg) == pytest.approx(0.0) and lr_at(500, cfg) == pytest.approx(0.0)
+
+
 def test_validation_windows_are_fixed_and_spread():
     starts = fixed_val_windows(1000, 16, 8)
     assert starts[0] == 0 and starts[-1] == 1000 - 17 and len(starts) == 8
@@ -90,13 +114,16 @@ def test_run_writes_the_model_folder_and_val_loss_falls(tmp_path, data):
     assert saved["model"]["hidden_size"] == 64 and saved["train"]["lr"] == 1e-2 and saved["tokenizer"]["vocab_size"] == 256
 
 
-def test_exact_resume_matches_uninterrupted_run(tmp_path, data):
-    straight = train(tiny_run(tmp_path, out="a", max_iters=8, lr_decay_iters=8))["train_losses"]
-    train(tiny_run(tmp_path, out="b", max_iters=5, lr_decay_iters=8))
-    resumed = train(tiny_run(tmp_path, out="b", max_iters=8, lr_decay_iters=8, resume=True))["train_losses"]
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_exact_resume_matches_uninterrupted_run(tmp_path, data, optimizer):
+    kw = dict(lr_decay_iters=8, optimizer=optimizer)
+    straight = train(tiny_run(tmp_path, out="a", max_iters=8, **kw))["train_losses"]
+    train(tiny_run(tmp_path, out="b", max_iters=5, **kw))
+    resumed = train(tiny_run(tmp_path, out="b", max_iters=8, resume=True, **kw))["train_losses"]
     assert [s for s, _ in resumed] == [6, 7, 8]
-    for (s, a), (_, b) in zip(straight[5:], resumed):
-        assert abs(a - b) <= 1e-6, (s, a, b)
+    assert straight[5:] == resumed  # bit-exact, not merely close
+    a, b = (checkpoint.load_resume(tmp_path / run) for run in "ab")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     # metrics.jsonl of the resumed run holds every step once
     assert [r["step"] for r in read_metrics(tmp_path / "b") if "train_loss" in r] == list(range(1, 9))
 
