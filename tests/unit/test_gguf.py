@@ -62,7 +62,8 @@ def test_gpt2_fields_are_what_llamacpp_reads_for_a_gpt2_bpe(tmp_path):
     assert f["tokenizer.ggml.merges"][0] == "\u0120 t" and f["tokenizer.ggml.tokens"][15496] == "Hello"
     assert f["tokenizer.ggml.token_type"][50256] == 3 and set(f["tokenizer.ggml.token_type"][:50256]) == {1}
     assert f["tokenizer.ggml.eos_token_id"] == f["tokenizer.ggml.eot_token_id"] == 50256
-    assert f["tokenizer.ggml.add_bos_token"] is False  # our gpt2 models never saw a bos
+    # every training document followed an end-of-text: llama.cpp puts one in front of each prompt, as we do
+    assert f["tokenizer.ggml.add_bos_token"] is True and f["tokenizer.ggml.bos_token_id"] == 50256
     c = m.config
     assert (f["gemma3.attention.sliding_window"], f["gemma3.attention.sliding_window_pattern"]) == (c.sliding_window, 2)
     assert (f["gemma3.rope.freq_base"], f["gemma3.rope.freq_base_swa"]) == (c.rope_global_base, c.rope_local_base)
