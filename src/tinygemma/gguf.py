@@ -18,6 +18,7 @@ bpe:N as a GPT-2-style byte-level BPE, gemma3 as the official Gemma 3 GGUF store
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -354,8 +355,7 @@ def config_from_fields(fields: dict[str, Any], vocab_size: int) -> ModelConfig:
         eos_token_id=int(fields.get("tokenizer.ggml.eos_token_id", 1)),
         pad_token_id=int(fields.get("tokenizer.ggml.padding_token_id", 0)),
     )
-    cfg.query_pre_attn_scalar = llamacpp_attention_scalar(cfg)
-    return cfg
+    return dataclasses.replace(cfg, query_pre_attn_scalar=llamacpp_attention_scalar(cfg))
 
 
 def _read_tokenizer(reader):
