@@ -33,11 +33,10 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 SEPARATOR = "<|endoftext|>"
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from quality import cpu_name  # noqa: E402
+from quality import SHARED, cpu_name  # noqa: E402
 
 # The recipe before this sweep (the quickstart's of 2026-11-26: mini, AdamW 3e-3 cosine, dropout 0.2
 # for many passes), written as overrides so every candidate is one diff from it.
@@ -46,6 +45,7 @@ OLD = ["preset=mini", "block_size=256", "batch_size=16", "lr=3e-3", "min_lr=3e-4
 MUON = ["optimizer=muon"]
 WSD = ["lr_decay=wsd", "min_lr=0", "decay_fraction=0.3"]
 BF16 = ["dtype=bfloat16"]
+COMPILE = ["compile=true"]
 
 
 def shape(d: int, layers: int, heads: int = 4) -> list[str]:
@@ -60,18 +60,16 @@ def candidates() -> dict[str, dict]:
     c = {"old recipe": []}
     c["bf16"] = BF16
     c["muon"] = MUON
-    c["muon, bf16"] = MUON + BF16
-    c["muon, wsd, bf16"] = MUON + WSD + BF16
-    for wd in (0.5, 1.0):
-        c[f"muon, wsd, bf16, wd {wd}"] = MUON + WSD + BF16 + [f"weight_decay={wd}"]
-    for p in (0.1, 0.3):
-        c[f"muon, wsd, bf16, dropout {p}"] = MUON + WSD + BF16 + [f"model.dropout={p}"]
     c["muon, wsd"] = MUON + WSD
-    c["muon, wsd, bf16, compile"] = MUON + WSD + BF16 + ["compile=true"]
-    c["muon, wsd, compile"] = MUON + WSD + ["compile=true"]
+    c["muon, wsd, compile"] = MUON + WSD + COMPILE
+    best = MUON + WSD + COMPILE + BF16
+    c["muon, wsd, compile, bf16"] = best
+    for wd in (0.5, 1.0, 2.0):
+        c[f"muon, wsd, compile, bf16, wd {wd}"] = best + [f"weight_decay={wd}"]
+    for p in (0.1, 0.3):
+        c[f"muon, wsd, compile, bf16, wd 0.5, dropout {p}"] = best + ["weight_decay=0.5", f"model.dropout={p}"]
     for d, layers in ((128, 6), (192, 4), (256, 4), (256, 6)):
-        c[f"muon, wsd, bf16, d{d} x {layers}"] = MUON + WSD + BF16 + shape(d, layers)
-        c[f"muon, wsd, d{d} x {layers}"] = MUON + WSD + shape(d, layers)
+        c[f"muon, wsd, compile, bf16, wd 0.5, d{d} x {layers}"] = best + ["weight_decay=0.5"] + shape(d, layers)
     return {name: {"tokenizer": "bpe:4096", "sets": OLD + sets} for name, sets in c.items()}
 
 

@@ -410,7 +410,7 @@ class TrainConfig:
     # runtime
     seed: int = ranged(1337, ge=0)
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps (auto: cuda, then mps, then cpu)
-    dtype: str = ranged("auto", choices=("auto", "float32", "bfloat16"))  # auto: bf16 autocast on cuda, fp32 elsewhere
+    dtype: str = ranged("auto", choices=("auto", "float32", "bfloat16"))  # auto: bf16 autocast on cuda and AMX CPUs (device.native_bf16), fp32 elsewhere
     compile: bool | None = None  # None -> the measured default for the device (docs/TRAINING.md)
     fsdp: bool = False
     resume: bool = False

@@ -24,49 +24,63 @@ from tinygemma.prepare import PrepareOptions, prepare
 HUB_DATASET = "roneneldan/TinyStories"
 EVAL_TOKENS = 250_000  # the report scores the whole validation split up to this size (about 1 MB of text)
 STATE_NAME = "quickstart.json"  # beside the model: {"status": "running" | "interrupted" | "done", ...}
-# Without dropout the recipe overfits once it has seen its training data about 8 times (validation loss
-# turns up at ~2M tokens of a 233k-token file, docs/RECIPES.md); past that, dropout 0.2 scored best.
+# Many passes over a small file overfit: without dropout the old recipe's validation loss turned up after
+# about 8 passes (docs/RECIPES.md). Past that, the recipe regularises: dropout 0.2 and weight decay 1.0 scored
+# best on the TinyStories story files at ~50 passes; fewer passes keep Gemma 3's plain dropout 0, decay 0.1.
 OVERFIT_EPOCHS = 8.0
 AUTO_DROPOUT = 0.2
+AUTO_WEIGHT_DECAY = 1.0
+BASE_WEIGHT_DECAY = 0.1
 
 
 @dataclass(frozen=True)
 class Recipe:
     """A tokenizer, a model preset and `--set` overrides of TrainConfig: the quickstart's training recipe.
 
-    `train_config` resolves it, with the time budget and the dropout the data size asks for, through
-    runconfig.resolve_config, the same path `tinygemma train --preset P --set ...` takes."""
+    `train_config` resolves it, with the time budget and the regularisation the data size asks for,
+    through runconfig.resolve_config, the same path `tinygemma train --preset P --set ...` takes."""
 
     tokenizer: str = "bpe:4096"
     preset: str = "mini"
     sets: tuple[str, ...] = (
-        "block_size=256", "batch_size=16", "lr=3e-3", "min_lr=3e-4", "warmup_iters=50", "weight_decay=0.1",
-        "eval_interval=100", "eval_windows=32", "checkpoint_interval=100", "compile=false",
-        "dtype=float32",  # bfloat16: autocast on CPUs with AVX512-BF16/AMX
+        "block_size=256", "batch_size=16", "warmup_iters=50",
+        "optimizer=muon", "lr=3e-3",  # Muon for the hidden matrices, AdamW for embeddings and norms, one lr
+        "lr_decay=wsd", "decay_fraction=0.3", "min_lr=0",  # flat, then linear to zero over the last 30%
+        "eval_interval=100", "eval_windows=32", "checkpoint_interval=100",
+        "compile=false",  # compiled blocks were ~9% faster but need a C++ compiler and ~10 s to build
+        "dtype=auto",  # bf16 autocast on CPUs with AVX512-BF16 or AMX (device.native_bf16), fp32 elsewhere
         "lr_schedule=time", "max_iters=1000000000",  # the time budget (max_time) ends the run
     )
     dropout: float | None = None  # None: AUTO_DROPOUT when the budget repeats the data > OVERFIT_EPOCHS times, else 0
-    tokens_per_s: float = 9_000  # this recipe's speed on a 2-core CPU (docs/RECIPES.md), to predict the epochs
+    weight_decay: float | None = None  # None: AUTO_WEIGHT_DECAY past OVERFIT_EPOCHS passes, else BASE_WEIGHT_DECAY
+    tokens_per_s: float = 12_000  # this recipe's speed on a 2-core CPU (docs/RECIPES.md), to predict the epochs
 
     def epochs(self, train_tokens: int, max_time: float) -> float:
         """How many times `max_time` seconds at tokens_per_s go through `train_tokens` tokens."""
         return self.tokens_per_s * max_time / max(train_tokens, 1)
 
+    def many_passes(self, train_tokens: int | None, max_time: float) -> bool:
+        return train_tokens is not None and self.epochs(train_tokens, max_time) > OVERFIT_EPOCHS
+
     def dropout_for(self, train_tokens: int | None, max_time: float) -> float:
         if self.dropout is not None:
             return self.dropout
-        if train_tokens is None:
-            return 0.0
-        return AUTO_DROPOUT if self.epochs(train_tokens, max_time) > OVERFIT_EPOCHS else 0.0
+        return AUTO_DROPOUT if self.many_passes(train_tokens, max_time) else 0.0
+
+    def weight_decay_for(self, train_tokens: int | None, max_time: float) -> float:
+        if self.weight_decay is not None:
+            return self.weight_decay
+        return AUTO_WEIGHT_DECAY if self.many_passes(train_tokens, max_time) else BASE_WEIGHT_DECAY
 
     def overrides(self, max_time: float, train_tokens: int | None = None) -> list[str]:
-        """The recipe as `--set` assignments; a `model.dropout` in `sets` wins over the automatic one."""
-        return [f"model.dropout={self.dropout_for(train_tokens, max_time)}", *self.sets, f"max_time={max_time}"]
+        """The recipe as `--set` assignments; a `model.dropout` or `weight_decay` in `sets` wins over the automatic one."""
+        return [f"model.dropout={self.dropout_for(train_tokens, max_time)}",
+                f"weight_decay={self.weight_decay_for(train_tokens, max_time)}", *self.sets, f"max_time={max_time}"]
 
     def train_config(self, data_dir: str, out_dir: str, vocab_size: int | None, max_time: float,
                      train_tokens: int | None = None, **flags) -> TrainConfig:
-        """The resolved TrainConfig; `train_tokens` (the prepared train split's size) lets dropout follow the
-        expected epochs; `flags` are further TrainConfig fields (seed, progress, resume, ...)."""
+        """The resolved TrainConfig; `train_tokens` (the prepared train split's size) lets the regularisation
+        follow the expected epochs; `flags` are further TrainConfig fields (seed, progress, resume, ...)."""
         from tinygemma.runconfig import resolve_config
 
         return resolve_config(self.preset, sets=self.overrides(max_time, train_tokens),
@@ -108,11 +122,13 @@ def _train(cfg: TrainConfig, out_dir: Path) -> dict:
     from tinygemma.train import train
 
     atomic_write_json(out_dir / STATE_NAME, {"status": "running", "data_dir": cfg.data_dir, "max_time": cfg.max_time,
-                                            "dropout": cfg.model.dropout})
+                                            "dropout": cfg.model.dropout,
+                                            "weight_decay": cfg.weight_decay})
     summary = train(cfg)
     interrupted = summary["stop_reason"] in ("SIGINT", "SIGTERM")
     atomic_write_json(out_dir / STATE_NAME, {"status": "interrupted" if interrupted else "done",
                                             "data_dir": cfg.data_dir, "max_time": cfg.max_time, "dropout": cfg.model.dropout,
+                                            "weight_decay": cfg.weight_decay,
                                             "step": summary["step"], "tokens_seen": summary["tokens_seen"]})
     if interrupted:
         raise KeyboardInterrupt
@@ -192,13 +208,15 @@ def quickstart(opts: QuickstartOptions = QuickstartOptions(), recipe: Recipe = R
     if resume:
         print(f"resuming the interrupted quickstart in {out} from step {state.get('step', '?')} "
               "(pass --fresh to start over)", flush=True)
-        if state.get("dropout") is not None:  # the run's own, even if --time (and so the epochs) changed
-            recipe = replace(recipe, dropout=state["dropout"])
+        for key in ("dropout", "weight_decay"):  # the run's own, even if --time (and so the epochs) changed
+            if state.get(key) is not None:
+                recipe = replace(recipe, **{key: state[key]})
     max_time, train_tokens = opts.minutes * 60, meta["train"]["tokens"]
     cfg = recipe.train_config(opts.data_dir, opts.out_dir, meta["tokenizer"]["vocab_size"], max_time=max_time,
                               train_tokens=train_tokens, seed=opts.seed, sample_every_eval=True,
                               progress=opts.progress, force=not resume, resume=resume)
-    print(f"recipe: {recipe.preset}, {recipe.tokenizer}, dropout {cfg.model.dropout:g} "
+    print(f"recipe: {recipe.preset}, {recipe.tokenizer}, {cfg.optimizer}, dropout {cfg.model.dropout:g}, "
+          f"weight decay {cfg.weight_decay:g} "
           f"(about {recipe.epochs(train_tokens, max_time):.1f} passes over {train_tokens:,} training tokens in "
           f"{opts.minutes:g} min on a 2-core CPU)", flush=True)
     t0 = time.time()

@@ -30,7 +30,8 @@ def make_data(folder, vocab=256, n_train=8000, n_val=2000, seed=0):
 
 
 def tiny_run(tmp_path, out="out", **kw):
-    base = dict(data_dir=str(tmp_path / "data"), out_dir=str(tmp_path / out), preset="tiny", batch_size=4,
+    # fp32 whatever the CPU (dtype=auto would be bf16 on AVX512-BF16/AMX hosts), so the tolerances hold on every host
+    base = dict(dtype="float32", data_dir=str(tmp_path / "data"), out_dir=str(tmp_path / out), preset="tiny", batch_size=4,
                 block_size=16, max_iters=6, lr_decay_iters=6, warmup_iters=2, lr=1e-2, eval_interval=3,
                 eval_windows=8, log_interval=1, checkpoint_interval=100, progress=False)
     return resolve_config(flags={**base, **kw})
