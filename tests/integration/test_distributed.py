@@ -20,7 +20,7 @@ from test_train_cli import make_data  # noqa: E402
 
 COMMON = ["--preset", "tiny", "--set", "batch_size=8", "--set", "block_size=32", "--set", "eval_windows=16",
           "--set", "eval_interval=10", "--set", "log_interval=1", "--set", "warmup_iters=2", "--set", "lr=1e-2",
-          "--set", "lr_decay_iters=20", "--max-iters", "20", "--no-progress"]
+          "--set", "lr_decay_iters=20", "--set", "dtype=float32", "--max-iters", "20", "--no-progress"]
 
 # DDP ranks draw different windows than the single process (each rank has its own stream), so the
 # curves agree only statistically. Observed here: val 4.698 vs 4.728 at step 10, 4.284 vs 4.334 at
