@@ -115,7 +115,7 @@ def _train(cfg: TrainConfig, out_dir: Path) -> dict:
                                             "data_dir": cfg.data_dir, "max_time": cfg.max_time, "dropout": cfg.model.dropout,
                                             "step": summary["step"], "tokens_seen": summary["tokens_seen"]})
     if interrupted:
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt(summary["stop_reason"])  # the CLI exits 128 + that signal's number
     return summary
 
 
