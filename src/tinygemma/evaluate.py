@@ -129,7 +129,7 @@ def evaluate_split(model, data_dir: str | Path, split: str = "validation", block
     from tinygemma.data import load_split, read_meta, split_name, start_token
 
     meta = read_meta(data_dir)
-    data = load_split(data_dir, split)
+    data = load_split(data_dir, split, vocab_size=model.config.vocab_size)
     name = split_name(split)
     tok = meta["tokenizer"]
     if tok.get("vocab_size", 0) > model.config.vocab_size:
