@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 
 from tinygemma.config import DATA_DIR
 from tinygemma.errors import TinyGemmaError
-from tinygemma.fsutil import atomic_write_bytes, atomic_write_json, read_bounded
+from tinygemma.fsutil import atomic_write_bytes, atomic_write_json, read_json
 from tinygemma.sources import SPLITS
 from tinygemma.tokenizer import load_tokenizer
 
@@ -92,18 +91,12 @@ def write_prepared(folder: str | os.PathLike, splits: dict[str, np.ndarray], tok
 
 
 # ---------------------------------------------------------------- loading
-META_LIMIT = 1 << 20  # bytes: meta.json holds a few hundred
-
-
 def read_meta(data_dir: str | os.PathLike = DATA_DIR) -> dict:
     """meta.json, checked against its schema (`_meta_problem`): a file that does not fit is one line."""
     path = Path(data_dir) / "meta.json"
     if not path.exists():
         raise TinyGemmaError(f"{path} not found: run `tinygemma prepare --out {data_dir}` first")
-    try:
-        meta = json.loads(read_bounded(path, META_LIMIT, "the meta.json `tinygemma prepare` writes"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise TinyGemmaError(f"{path} is not valid JSON ({e}); re-run `tinygemma prepare --force`") from None
+    meta = read_json(path, "the meta.json `tinygemma prepare` writes (re-run it with --force)")
     if problem := _meta_problem(meta):
         raise TinyGemmaError(f"{path}: {problem}; re-run `tinygemma prepare --force`")
     version = meta.get("format_version")

@@ -146,6 +146,17 @@ def read_bounded(path: str | os.PathLike, limit: int, what: str) -> bytes:
     return data
 
 
+JSON_LIMIT = 16 << 20  # bytes: config.json, meta.json, --config files and the like hold a few KB
+
+
+def read_json(path: str | os.PathLike, what: str, limit: int = JSON_LIMIT) -> Any:
+    """A small JSON file read with read_bounded; not JSON (or not UTF-8) is one TinyGemmaError line."""
+    try:
+        return json.loads(read_bounded(path, limit, what))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise TinyGemmaError(f"{path} is not valid JSON ({' '.join(str(e).split())[:120]}); it should be {what}") from None
+
+
 def is_inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
     """Whether `path` (symlinks resolved) lies inside `folder`."""
     return Path(path).resolve().is_relative_to(Path(folder).resolve())
