@@ -364,10 +364,7 @@ def add_import(sub) -> None:
         model, cfg, tok, _ = _load_for_cli(a, need_tokenizer=False)
         ref = None
         if tok is not None:
-            from pathlib import Path
-
-            Path(a.out).mkdir(parents=True, exist_ok=True)
-            ref = tok.save(a.out)
+            ref = tok.save(a.out)  # the folder is made by the first write (fsutil.atomic_path)
         save_weights(model.state_dict(), f"{a.out}/{BEST_NAME}")
         save_config(a.out, cfg, ref, imported_from=str(a.checkpoint))
         print(f"wrote {a.out} ({cfg.n_params / 1e6:.1f}M parameters)")

@@ -22,7 +22,7 @@ import torch
 
 from tinygemma.config import FULL, SLIDING, ModelConfig, default_layer_types
 from tinygemma.errors import TinyGemmaError
-from tinygemma.fsutil import atomic_path, atomic_write_json, read_json
+from tinygemma.fsutil import atomic_path, atomic_write_json, read_json, writing
 
 HF_PREFIXES = ("model.language_model.", "language_model.model.", "model.")
 
@@ -202,7 +202,8 @@ def export_hf(model: torch.nn.Module, cfg: ModelConfig, tokenizer, out_dir: str 
     from safetensors.torch import save_file
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with writing(out):  # --out an existing file: one line
+        out.mkdir(parents=True, exist_ok=True)
     hf_cfg = to_hf_config(cfg)
     if tokenizer is not None:
         hf_cfg.update(eos_token_id=tokenizer.eot_id, bos_token_id=tokenizer.bos_id)

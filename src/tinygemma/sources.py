@@ -249,9 +249,6 @@ def _json_array_tasks(path: Path, opts: SourceOptions) -> Iterator[Task]:
 
 
 def _parquet_tasks(path: Path, opts: SourceOptions) -> Iterator[Task]:
-    import pyarrow
-    import pyarrow.parquet as pq
-
     pf = _open_parquet(path, opts.text_field)
     docs = (d for batch in pf.iter_batches(batch_size=1024, columns=[opts.text_field])
             for d in batch.column(0).to_pylist() if d)
