@@ -268,12 +268,12 @@ def _load_file(path: Path, name: str | None = None) -> HFTokenizer:
 
     if not path.exists():
         raise TinyGemmaError(f"tokenizer file {path} not found; use {KNOWN}")
-    text = read_bounded(path, TOKENIZER_LIMIT, "a tokenizer.json or tokenizer.model")
+    data = read_bounded(path, TOKENIZER_LIMIT, "a tokenizer.json or tokenizer.model")  # a FIFO or device: refused
     if path.suffix == ".model":
         tok = _from_sentencepiece(path)
     else:
         try:
-            tok = RustTokenizer.from_str(text.decode("utf-8"))
+            tok = RustTokenizer.from_str(data.decode("utf-8"))
         except Exception as e:
             raise TinyGemmaError(f"{path} is not a HF tokenizers tokenizer.json ({' '.join(str(e).split())[:160]})") from None
     if name is None:

@@ -331,20 +331,20 @@ def _wait_for(predicate, timeout=60.0):
 def test_second_train_is_refused_at_once_and_the_first_finishes(world, tmp_path):
     out = tmp_path / "run"
     args = ["train", *TINY, "--data-dir", world / "data", "--out-dir", out]
-    first = start(*args, "--max-iters", "40", "--set", "log_interval=1", cwd=tmp_path)
+    first = start(*args, "--max-iters", "25", "--set", "log_interval=1", cwd=tmp_path)
     assert _wait_for(lambda: (out / "metrics.jsonl").exists() and len((out / "metrics.jsonl").read_text()) > 0)
     t0 = time.time()
     baseline = tinygemma(*args, "--dry-run", cwd=tmp_path)  # the same imports and config, no lock: how long starting takes
     startup = time.time() - t0
     t0 = time.time()
-    second = tinygemma(*args, "--max-iters", "40", cwd=tmp_path)
+    second = tinygemma(*args, "--max-iters", "25", cwd=tmp_path)
     refused_after = time.time() - t0
     assert baseline.returncode == 0 and first.poll() is None  # the first one was still running
     assert_one_line_error(second, f"pid {first.pid}", "in use by tinygemma train")
     assert refused_after - startup < 1.0, (refused_after, startup)
     _, err = first.communicate(timeout=300)
     assert first.returncode == 0, err[-2000:]
-    assert checkpoint.load_resume(out)["step"] == 40 and not (out / ".tinygemma.lock").exists()
+    assert checkpoint.load_resume(out)["step"] == 25 and not (out / ".tinygemma.lock").exists()
 
 
 def test_second_prepare_is_refused_and_the_first_finishes(tmp_path):
