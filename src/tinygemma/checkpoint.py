@@ -11,7 +11,6 @@ All writes are atomic (see fsutil.py). Loading uses weights_only=True or safeten
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import random
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ import torch
 
 from tinygemma.config import ModelConfig
 from tinygemma.errors import TinyGemmaError
-from tinygemma.fsutil import atomic_torch_save, atomic_write_json
+from tinygemma.fsutil import atomic_torch_save, atomic_write_json, read_json
 
 BEST_NAME = "best_model_params.pt"
 CONFIG_NAME = "config.json"
@@ -53,11 +52,7 @@ def read_config(model_dir: str | Path) -> dict[str, Any]:
             "copy it next to the weights, or pass the shape with --preset NAME"
         )
     try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise TinyGemmaError(f"{path} is not valid JSON ({e}); re-export or retrain the checkpoint") from None
-    try:
-        return _checked_config(d)
+        return _checked_config(read_json(path, "the config.json `tinygemma train` writes"))
     except TinyGemmaError as e:
         raise TinyGemmaError(f"{path}: {e}; re-export or retrain the checkpoint") from None
 
@@ -90,6 +85,8 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.exists():
         raise TinyGemmaError(f"checkpoint {path} not found; train one with `tinygemma train` or check the path")
+    if not path.is_file():
+        raise TinyGemmaError(f"checkpoint {path} is not a regular file (a FIFO or a device?); check the path")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -167,7 +164,7 @@ def _read_any(spec: str, hf):
         raise TinyGemmaError(f"no checkpoint at {weights}: pass a model folder (best_model_params.pt + config.json), "
                              "a .pt/.safetensors file, an HF Gemma 3 folder, a .gguf file or `gguf`")
     if hf.is_hf_folder(folder):  # a bare safetensors file beside a HF config.json
-        cfg = hf.from_hf_config(json.loads((folder / CONFIG_NAME).read_text()))
+        cfg = hf.from_hf_config(read_json(folder / CONFIG_NAME, "a Hugging Face config.json"))
         tok = folder / "tokenizer.json"
         return load_state_dict(weights), cfg, load_tokenizer(tok) if tok.exists() else None
     if not (folder / CONFIG_NAME).exists():
@@ -311,6 +308,8 @@ def load_resume(out_dir: str | Path) -> dict[str, Any]:
     path = Path(out_dir) / RESUME_NAME
     if not path.exists():
         raise TinyGemmaError(f"--resume: {path} not found; start without --resume, or point --out-dir at the run")
+    if not path.is_file():
+        raise TinyGemmaError(f"{path} is not a regular file; start a new run")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated or foreign file

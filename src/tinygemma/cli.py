@@ -12,19 +12,51 @@ concern's module:
   eval           checkpoint.py, evaluate.py
   export/import  checkpoint.py, hf.py
   quickstart     quickstart.py: prepare, train, stories and scores in one command
-User errors (errors.TinyGemmaError) print as one line and exit 2; files are written atomically
-(fsutil.py). `python -m tinygemma` is __main__.py.
+User errors print as one line and exit 2: errors.TinyGemmaError, raised where the input enters, and
+argparse's own (a flag's value is checked by its `type`, e.g. `_arg(int, ge=1)`). Files are written
+atomically (fsutil.py). A run stopped by SIGINT/SIGTERM exits 128 + the signal number (130/143).
+`python -m tinygemma` is __main__.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import signal
 import sys
 
 from tinygemma import __version__
 from tinygemma.config import DATA_DIR, MODEL_DIR
 from tinygemma.errors import TinyGemmaError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are the project's one line (and exit 2), not the usage text."""
+
+    def error(self, message: str):
+        raise TinyGemmaError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
+def _arg(kind: type, ge: float | None = None, gt: float | None = None, le: float | None = None):
+    """An argparse `type` that reads an int or a finite float within the bounds (ge: >=, gt: >, le: <=)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        for bound, words, ok in ((ge, ">=", lambda b: value >= b), (gt, ">", lambda b: value > b),
+                                 (le, "<=", lambda b: value <= b)):
+            if bound is not None and not ok(bound):
+                raise argparse.ArgumentTypeError(f"must be {words} {bound:g}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def _options(cls, a):
@@ -92,8 +124,8 @@ def add_data(sub) -> None:
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     i = dsub.add_parser("inspect", help="stats from meta.json and a few decoded random windows")
     i.add_argument("--data-dir", default=DATA_DIR, help="folder with meta.json (default: %(default)s)")
-    i.add_argument("--windows", type=int, default=3, help="random windows to decode (default: %(default)s)")
-    i.add_argument("--length", type=int, default=64, help="tokens per window (default: %(default)s)")
+    i.add_argument("--windows", type=_arg(int, ge=0), default=3, help="random windows to decode (default: %(default)s)")
+    i.add_argument("--length", type=_arg(int, ge=1), default=64, help="tokens per window (default: %(default)s)")
     i.add_argument("--seed", type=int, default=None, help="seed for the windows (default: random)")
     i.add_argument("--verify", action="store_true", help="also check each .bin's sha256 and token ids")
 
@@ -158,10 +190,19 @@ def add_train(sub) -> None:
         if a.dry_run:
             print(dry_run(cfg))
             return 0
-        train(cfg)
-        return 0
+        summary = train(cfg)
+        return _signal_exit(summary["stop_reason"], f"`tinygemma train --resume --out-dir {cfg.out_dir}` continues "
+                                                    f"from step {summary['step']}")
 
     p.set_defaults(func=run)
+
+
+def _signal_exit(stop_reason: str, how_to_resume: str) -> int:
+    """0, or 128 + the signal that stopped the run (130 SIGINT, 143 SIGTERM) with how to resume."""
+    if stop_reason not in ("SIGINT", "SIGTERM"):
+        return 0
+    print(f"stopped by {stop_reason}, last.pt saved: {how_to_resume}", file=sys.stderr)
+    return 128 + signal.Signals[stop_reason]
 
 
 # ---------------------------------------------------------------- generate / eval / export (generate.py, evaluate.py, hf.py, gguf.py)
@@ -198,25 +239,28 @@ def add_generate(sub) -> None:
                                    "text streams to the terminal as it is made.")
     _add_checkpoint_args(p)
     p.add_argument("--prompt", default="Once upon a time", help="text to continue (default: 'Once upon a time')")
-    p.add_argument("--num-samples", type=int, default=1, help="how many continuations (default 1)")
-    p.add_argument("--max-new-tokens", type=int, default=200, help="stop after this many tokens (default 200)")
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
-    p.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
-    p.add_argument("--top-p", type=float, help="sample among the most likely tokens holding this probability mass")
+    p.add_argument("--num-samples", type=_arg(int, ge=1), default=1, help="how many continuations (default 1)")
+    p.add_argument("--max-new-tokens", type=_arg(int, ge=0), default=200, help="stop after this many tokens (default 200)")
+    p.add_argument("--temperature", type=_arg(float, ge=0), default=0.8, help="0 = greedy (default 0.8)")
+    p.add_argument("--top-k", type=_arg(int, ge=1), help="sample among the k most likely tokens")
+    p.add_argument("--top-p", type=_arg(float, gt=0, le=1), help="sample among the most likely tokens holding this probability mass")
     p.add_argument("--seed", type=int, help="same seed, same text (on the same device)")
 
     def run(a) -> int:
         from tinygemma.generate import generate
 
-        if a.num_samples < 1:
-            raise TinyGemmaError("--num-samples must be at least 1")
         model, _, tok, _ = _load_for_cli(a)
         kw = dict(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
                   seed=a.seed)
         if a.num_samples == 1:
-            print(a.prompt, end="", flush=True)
-            generate(model, tok, a.prompt, stream=lambda piece: print(piece, end="", flush=True), **kw)
-            print()
+            shown = []  # the prompt is printed with the first new text, so a refused request prints nothing
+
+            def show(piece: str) -> None:
+                print(("" if shown else a.prompt) + piece, end="", flush=True)
+                shown.append(piece)
+
+            generate(model, tok, a.prompt, stream=show, **kw)
+            print("" if shown else a.prompt)
             return 0
         for i, text in enumerate(generate(model, tok, a.prompt, num_samples=a.num_samples, **kw)):
             print(f"--- sample {i + 1} ---\n{text}")
@@ -235,11 +279,11 @@ def add_eval(sub) -> None:
     p.add_argument("--text", metavar="FILE", help="evaluate a text file instead of a prepared split, read as "
                    "`prepare --source FILE` reads it (same documents, tokens and bytes)")
     _add_doc_split(p)
-    p.add_argument("--block-size", type=int, default=256, help="window length in tokens (default %(default)s)")
-    p.add_argument("--stride", type=int, help="score only the last STRIDE targets of overlapping windows "
+    p.add_argument("--block-size", type=_arg(int, ge=1), default=256, help="window length in tokens (default %(default)s)")
+    p.add_argument("--stride", type=_arg(int, ge=1), help="score only the last STRIDE targets of overlapping windows "
                    "(default: block size, non-overlapping)")
-    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default %(default)s)")
-    p.add_argument("--max-tokens", type=int, help="score only the whole documents in the split's first N tokens "
+    p.add_argument("--batch-size", type=_arg(int, ge=1), default=8, help="windows per forward pass (default %(default)s)")
+    p.add_argument("--max-tokens", type=_arg(int, ge=1), help="score only the whole documents in the split's first N tokens "
                    "(default: the whole split)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
@@ -249,7 +293,7 @@ def add_eval(sub) -> None:
         from tinygemma.evaluate import evaluate_split, evaluate_text
 
         model, cfg, tok, device = _load_for_cli(a, need_tokenizer=a.text is not None)
-        if a.block_size > cfg.max_position_embeddings or a.block_size < 1:
+        if a.block_size > cfg.max_position_embeddings:
             raise TinyGemmaError(f"--block-size must be in 1..{cfg.max_position_embeddings}")
         kw = dict(block_size=a.block_size, batch_size=a.batch_size, device=device, stride=a.stride)
         if a.text:
@@ -320,10 +364,7 @@ def add_import(sub) -> None:
         model, cfg, tok, _ = _load_for_cli(a, need_tokenizer=False)
         ref = None
         if tok is not None:
-            from pathlib import Path
-
-            Path(a.out).mkdir(parents=True, exist_ok=True)
-            ref = tok.save(a.out)
+            ref = tok.save(a.out)  # the folder is made by the first write (fsutil.atomic_path)
         save_weights(model.state_dict(), f"{a.out}/{BEST_NAME}")
         save_config(a.out, cfg, ref, imported_from=str(a.checkpoint))
         print(f"wrote {a.out} ({cfg.n_params / 1e6:.1f}M parameters)")
@@ -367,15 +408,17 @@ def _run_quickstart(a) -> int:
 
     try:
         quickstart(_options(QuickstartOptions, a))
-    except KeyboardInterrupt:
-        print("interrupted: the run was saved; `tinygemma quickstart` again resumes it", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        if e.args and e.args[0] in ("SIGINT", "SIGTERM"):  # training was stopped and saved (quickstart._train)
+            return _signal_exit(e.args[0], "`tinygemma quickstart` again resumes it")
+        print("interrupted", file=sys.stderr)
         return 130
     return 0
 
 
 # ---------------------------------------------------------------- dispatcher
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tinygemma",
         description="Train Gemma 3 language models from scratch on TinyStories or any text.",
     )
@@ -387,8 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except TinyGemmaError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -304,9 +304,15 @@ def _parse_value(raw: str, typ: Any, key: str) -> Any:
             return float(raw)
         if typing.get_origin(typ) is tuple:
             return tuple(json.loads(raw) if raw.startswith("[") else [x for x in raw.split(",") if x])
-    except ValueError:
-        raise TinyGemmaError(f"--set {key}={raw}: expected {getattr(typ, '__name__', typ)}") from None
+    except (ValueError, RecursionError):  # RecursionError: a list nested thousands deep
+        raise TinyGemmaError(f"--set {_printable(key)}={_printable(raw)}: expected {getattr(typ, '__name__', typ)}") \
+            from None
     return raw
+
+
+def _printable(text: str) -> str:
+    """User text inside a one-line error: as it is, or its repr when it holds a newline or another control."""
+    return text if text.isprintable() else repr(text)
 
 
 def parse_assignment(cls: type, assignment: str) -> dict[str, Any]:
@@ -315,13 +321,14 @@ def parse_assignment(cls: type, assignment: str) -> dict[str, Any]:
         raise TinyGemmaError(f"--set {assignment!r}: expected key=value, e.g. --set lr=3e-4")
     key, raw = (s.strip() for s in assignment.split("=", 1))
     *sections, name = key.split(".")
+    where = f"--set {_printable(key)}"
     for section in sections:
-        known_keys(cls, [section], f"--set {key}")
+        known_keys(cls, [section], where)
         cls = _hints(cls)[section]
         cls = next((a for a in typing.get_args(cls) if dataclasses.is_dataclass(a)), cls)
         if not dataclasses.is_dataclass(cls):
-            raise TinyGemmaError(f"--set {key}: {section!r} is not a section")
-    known_keys(cls, [name], f"--set {key}")
+            raise TinyGemmaError(f"{where}: {section!r} is not a section")
+    known_keys(cls, [name], where)
     change: dict[str, Any] = {name: _parse_value(raw, _hints(cls)[name], key)}
     for section in reversed(sections):
         change = {section: change}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 
 from tinygemma.config import DATA_DIR
 from tinygemma.errors import TinyGemmaError
-from tinygemma.fsutil import atomic_write_bytes, atomic_write_json
+from tinygemma.fsutil import atomic_write_bytes, atomic_write_json, read_json
 from tinygemma.sources import SPLITS
 from tinygemma.tokenizer import load_tokenizer
 
@@ -93,13 +92,13 @@ def write_prepared(folder: str | os.PathLike, splits: dict[str, np.ndarray], tok
 
 # ---------------------------------------------------------------- loading
 def read_meta(data_dir: str | os.PathLike = DATA_DIR) -> dict:
+    """meta.json, checked against its schema (`_meta_problem`): a file that does not fit is one line."""
     path = Path(data_dir) / "meta.json"
     if not path.exists():
         raise TinyGemmaError(f"{path} not found: run `tinygemma prepare --out {data_dir}` first")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise TinyGemmaError(f"{path} is not valid JSON ({e}); re-run `tinygemma prepare --force`") from None
+    meta = read_json(path, "the meta.json `tinygemma prepare` writes (re-run it with --force)")
+    if problem := _meta_problem(meta):
+        raise TinyGemmaError(f"{path}: {problem}; re-run `tinygemma prepare --force`")
     version = meta.get("format_version")
     if version == 1 and (meta.get("tokenizer") or {}).get("bos_id") is not None:
         raise TinyGemmaError(f"{path} is format_version 1, written without the <bos> that now opens every document "
@@ -108,6 +107,31 @@ def read_meta(data_dir: str | os.PathLike = DATA_DIR) -> dict:
         raise TinyGemmaError(f"{path} has format_version {version}, this tinygemma reads {FORMAT_VERSION}; "
                              "re-run `tinygemma prepare --force`")
     return meta
+
+
+def _whole(value, low: int, high: float = float("inf")) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value < high
+
+
+def _meta_problem(meta) -> str | None:
+    """What does not fit meta.json's schema (docs/DATA.md), or None: the fields the readers rely on."""
+    if not isinstance(meta, dict):
+        return f"expected a JSON object, got a {type(meta).__name__}"
+    tok = meta.get("tokenizer")
+    if not isinstance(tok, dict) or not isinstance(tok.get("name"), str) or not _whole(tok.get("vocab_size"), 1):
+        return "tokenizer must be a table with a name and a whole vocab_size >= 1"
+    vocab = tok["vocab_size"]
+    if not _whole(tok.get("eot_id"), 0, vocab) or not (tok.get("bos_id") is None or _whole(tok["bos_id"], 0, vocab)):
+        return f"tokenizer.eot_id and bos_id must be ids below its vocab_size {vocab} (bos_id may be null)"
+    if meta.get("dtype") not in ("uint16", "uint32") or np.iinfo(meta["dtype"]).max < vocab - 1:
+        return f"dtype must be uint16 or uint32 and hold every id below {vocab}, got {meta.get('dtype')!r}"
+    for split in SPLITS:
+        info = meta.get(split)
+        if not isinstance(info, dict) or not all(_whole(info.get(k), 0) for k in ("tokens", "documents", "bytes")):
+            return f"{split} must be a table with whole tokens, documents and bytes"
+        if not isinstance(info.get("sha256"), str):
+            return f"{split}.sha256 must be a string"
+    return None
 
 
 def split_name(split: str) -> str:
@@ -119,8 +143,9 @@ def split_name(split: str) -> str:
     return split
 
 
-def load_split(data_dir: str | os.PathLike, split: str, verify: bool = False) -> np.memmap:
-    """The split's token ids as a read-only memmap, checked against meta.json (sha256 and ids if `verify`)."""
+def load_split(data_dir: str | os.PathLike, split: str, verify: bool = False, vocab_size: int | None = None) -> np.memmap:
+    """The split's token ids as a read-only memmap, checked against meta.json: its size, and in one vectorised
+    pass that every id is below the tokenizer's vocab_size (and `vocab_size`, a model's); sha256 if `verify`."""
     split = split_name(split)
     meta = read_meta(data_dir)
     path = Path(data_dir) / f"{split}.bin"
@@ -134,12 +159,20 @@ def load_split(data_dir: str | os.PathLike, split: str, verify: bool = False) ->
     if info["tokens"] == 0:
         raise TinyGemmaError(f"{path} is empty: re-run `tinygemma prepare` with more data")
     data = np.memmap(path, dtype=dtype, mode="r", shape=(info["tokens"],))
+    tok = meta["tokenizer"]
+    top = int(data.max())
+    if top >= tok["vocab_size"]:
+        raise TinyGemmaError(f"{path} holds token id {top} >= vocab_size {tok['vocab_size']} of its tokenizer "
+                             f"{tok['name']}: the .bin does not belong to this meta.json; re-run `tinygemma prepare --force`")
+    if vocab_size is not None and top >= vocab_size:
+        raise TinyGemmaError(f"{path} holds token id {top} but the model has only {vocab_size} ids: use data "
+                             "prepared with the model's tokenizer")
     if verify:
-        _verify(path, data, info, meta)
+        _verify(path, info)
     return data
 
 
-def _verify(path: Path, data: np.memmap, info: dict, meta: dict) -> None:
+def _verify(path: Path, info: dict) -> None:
     sha = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(1 << 24):
@@ -147,18 +180,13 @@ def _verify(path: Path, data: np.memmap, info: dict, meta: dict) -> None:
     if sha.hexdigest() != info["sha256"]:
         raise TinyGemmaError(f"{path} does not match the sha256 in meta.json (changed or corrupted): "
                              "re-run `tinygemma prepare --force`")
-    vocab = meta["tokenizer"]["vocab_size"]
-    top = max((int(data[i:i + (1 << 24)].max()) for i in range(0, len(data), 1 << 24)), default=0)
-    if top >= vocab:
-        raise TinyGemmaError(f"{path} holds token id {top} >= vocab_size {vocab} of {meta['tokenizer']['name']}: "
-                             "re-run `tinygemma prepare --force`")
 
 
 _SPLIT_CACHE: dict = {}
 
 
-def _cached_split(data_dir: str | os.PathLike, split: str) -> tuple[np.memmap, int]:
-    """load_split once per (folder, split, file state): get_batch runs every step."""
+def _cached_split(data_dir: str | os.PathLike, split: str) -> np.memmap:
+    """load_split (and its checks) once per (folder, split, file state): get_batch runs every step."""
     split = split_name(split)
     path = Path(data_dir) / f"{split}.bin"
     meta_path = Path(data_dir) / "meta.json"
@@ -169,20 +197,16 @@ def _cached_split(data_dir: str | os.PathLike, split: str) -> tuple[np.memmap, i
         state = None
     hit = _SPLIT_CACHE.get(key)
     if hit is None or hit[0] != state or state is None:
-        data = load_split(data_dir, split)
-        hit = (state, data, read_meta(data_dir)["tokenizer"]["vocab_size"])
+        hit = (state, load_split(data_dir, split))
         _SPLIT_CACHE[key] = hit
-    return hit[1], hit[2]
+    return hit[1]
 
 
-def _windows(data: np.memmap, starts: np.ndarray, block_size: int, device, vocab: int, split: str):
+def _windows(data: np.memmap, starts: np.ndarray, block_size: int, device):
     """(B,) start offsets -> x, y int64 (B, block_size) on `device`; y is x shifted by one."""
     import torch
 
     win = data[starts[:, None] + np.arange(block_size + 1)]  # (B, T+1), read from the memmap
-    if win.size and int(win.max()) >= vocab:
-        raise TinyGemmaError(f"the {split} split holds token id {int(win.max())} >= vocab_size {vocab}: "
-                             "the .bin does not belong to this meta.json; re-run `tinygemma prepare --force`")
     win = torch.from_numpy(win.astype(np.int64))
     x, y = win[:, :-1].contiguous(), win[:, 1:].contiguous()
     if torch.device(device).type == "cuda":
@@ -200,10 +224,10 @@ def get_batch(split: str, block_size: int, batch_size: int, device, data_dir: st
     """The seed's get_batch: random windows drawn with torch's global RNG; int64 x, y of shape (B, T)."""
     import torch
 
-    data, vocab = _cached_split(data_dir, split)
+    data = _cached_split(data_dir, split)
     _check_block(len(data), block_size, split)
     ix = torch.randint(len(data) - block_size, (batch_size,)).numpy()
-    return _windows(data, ix, block_size, device, vocab, split)
+    return _windows(data, ix, block_size, device)
 
 
 class BatchSampler:
@@ -216,15 +240,15 @@ class BatchSampler:
         self.block_size, self.batch_size = block_size, batch_size
         self.seed, self.rank, self.world_size, self.device = seed, rank, world_size, device
         self.step = 0
-        data, _ = _cached_split(data_dir, self.split)
+        data = _cached_split(data_dir, self.split)
         _check_block(len(data), block_size, self.split)
 
     def next_batch(self):
-        data, vocab = _cached_split(self.data_dir, self.split)
+        data = _cached_split(self.data_dir, self.split)
         rng = np.random.default_rng([self.seed, self.rank, self.step])
         starts = rng.integers(0, len(data) - self.block_size, size=self.batch_size)
         self.step += 1
-        return _windows(data, starts, self.block_size, self.device, vocab, self.split)
+        return _windows(data, starts, self.block_size, self.device)
 
     def state_dict(self) -> dict:
         return {"seed": self.seed, "rank": self.rank, "world_size": self.world_size, "step": self.step,
@@ -245,7 +269,7 @@ def inspect(data_dir: str | os.PathLike = DATA_DIR, windows: int = 3, length: in
     meta = read_meta(data_dir)
     t = meta["tokenizer"]
     lines = [f"{data_dir}: tokenizer {t['name']} (vocab {t['vocab_size']:,}, eot {t['eot_id']}, bos {t['bos_id']}), "
-             f"dtype {meta['dtype']}, source {meta['source']['train']}"]
+             f"dtype {meta['dtype']}, source {meta.get('source', {}).get('train', 'not recorded')}"]
     for split in SPLITS:
         s = meta[split]
         data = load_split(data_dir, split, verify=verify)

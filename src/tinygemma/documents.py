@@ -6,7 +6,8 @@ How a text file is cut into documents (`file_separator`, docs/DATA.md):
 - "line": one document per line; "blank": one per blank-line-separated paragraph (this drops
   every paragraph break); anything else is a literal separator (backslash escapes decoded).
 Inside a document the text is kept exactly; documents are stripped of leading and trailing
-whitespace and empty ones are dropped. Undecodable bytes are replaced by U+FFFD and counted.
+whitespace and empty ones are dropped. Undecodable bytes are replaced by U+FFFD and counted; a file
+that is mostly not text (`check_text_file`: a binary file, UTF-16) is refused.
 
 How the output stays the same for every chunk size and worker count, in bounded memory: a text
 file is read in blocks of ~chunk_bytes cut just after a separator (`text_tasks`), so a block
@@ -33,6 +34,11 @@ from typing import Iterator, NamedTuple
 from tinygemma.errors import TinyGemmaError
 
 AUTO_SEPARATOR = "<|endoftext|>"  # TinyStories' own files put it on a line between stories
+# A text file whose first TEXT_SAMPLE_BYTES decode to more than NOT_TEXT_SHARE of characters that are no
+# text (U+FFFD for undecodable bytes, or control characters other than tab, newline, CR, form feed) is refused.
+TEXT_SAMPLE_BYTES = 1 << 16
+NOT_TEXT_SHARE = 0.10
+_NOT_TEXT = re.compile("[\ufffd\x00-\x08\x0b\x0e-\x1f\x7f]")
 PARAGRAPH_BREAK = re.compile(r"\n\s*\n")  # one or more blank (whitespace-only) lines
 _BLANK_LINES = re.compile(rb"\n\s*\n")
 _TEXT = re.compile(rb"\S")
@@ -155,6 +161,26 @@ def _contains(path: str, size: int, mtime_ns: int, needle: bytes, block: int = 1
 
 
 # ---------------------------------------------------------------- reading a text file
+def check_text_file(path: Path) -> None:
+    """Refuse a file that is mostly not UTF-8 text (see NOT_TEXT_SHARE): one look at its start."""
+    stat = path.stat()
+    share = _not_text_share(str(path), stat.st_size, stat.st_mtime_ns)
+    if share > NOT_TEXT_SHARE:
+        raise TinyGemmaError(f"{path} does not look like UTF-8 text ({share:.0%} of its first {TEXT_SAMPLE_BYTES // 1024} "
+                             f"KiB is undecodable or control characters; the limit is {NOT_TEXT_SHARE:.0%}): "
+                             "pass a text file, or convert it to UTF-8 first (e.g. iconv -f UTF-16 -t UTF-8)")
+
+
+@functools.lru_cache(maxsize=1024)
+def _not_text_share(path: str, size: int, mtime_ns: int) -> float:
+    with open(path, "rb") as f:
+        head = f.read(TEXT_SAMPLE_BYTES)
+    text = head.decode("utf-8", errors="replace")
+    if len(head) == TEXT_SAMPLE_BYTES:  # a character cut at the end of the sample is not the file's fault
+        text = text[:-3] + text[-3:].rstrip("\ufffd")
+    return len(_NOT_TEXT.findall(text)) / max(len(text), 1)
+
+
 def text_tasks(path: Path, start: int, end: int | None, sep: Separator, chunk_bytes: int,
                segment_bytes: int) -> Iterator[Task]:
     """A text file's bytes [start, end) as tasks: blocks cut after a separator, pieces of long documents."""

@@ -129,12 +129,12 @@ def evaluate_split(model, data_dir: str | Path, split: str = "validation", block
     from tinygemma.data import load_split, read_meta, split_name, start_token
 
     meta = read_meta(data_dir)
-    data = load_split(data_dir, split)
-    name = split_name(split)
     tok = meta["tokenizer"]
-    if tok.get("vocab_size", 0) > model.config.vocab_size:
+    if tok["vocab_size"] > model.config.vocab_size:
         raise TinyGemmaError(f"the data's tokenizer has {tok['vocab_size']} ids but the model only "
                              f"{model.config.vocab_size}: evaluate with data prepared for this model's tokenizer")
+    data = load_split(data_dir, split, vocab_size=model.config.vocab_size)
+    name = split_name(split)
     n_bytes, n_docs = meta[name]["bytes"], meta[name]["documents"]
     if max_tokens is not None and max_tokens < len(data):
         data, n_bytes, n_docs = _document_prefix(data, max_tokens, tok, data_dir)

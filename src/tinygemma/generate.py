@@ -13,6 +13,7 @@ Greedy decoding is `temperature=0`. Each row stops at the tokenizer's end-of-tex
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -54,6 +55,8 @@ def _check_args(model: Gemma3Model, prompt_ids: list[list[int]], max_new_tokens:
         raise TinyGemmaError("every prompt needs at least one token (start empty prompts with bos or end-of-text)")
     if max_new_tokens < 0 or temperature < 0:
         raise TinyGemmaError("--max-new-tokens and --temperature must not be negative")
+    if not math.isfinite(temperature):
+        raise TinyGemmaError(f"--temperature must be a finite number, got {temperature}")
     if top_k is not None and top_k <= 0:
         raise TinyGemmaError(f"--top-k must be positive, got {top_k}")
     if top_p is not None and not 0.0 < top_p <= 1.0:

@@ -15,7 +15,6 @@ GGUF (llama.cpp) files are read and written by gguf.py.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import torch
 
 from tinygemma.config import FULL, SLIDING, ModelConfig, default_layer_types
 from tinygemma.errors import TinyGemmaError
-from tinygemma.fsutil import atomic_path, atomic_write_json
+from tinygemma.fsutil import atomic_path, atomic_write_json, read_json, writing
 
 HF_PREFIXES = ("model.language_model.", "language_model.model.", "model.")
 
@@ -160,7 +159,7 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
 def read_hf_folder(folder: str | Path) -> tuple[dict[str, torch.Tensor], ModelConfig]:
     """An HF Gemma 3 folder (config.json + model*.safetensors, maybe sharded) -> (state dict, config)."""
     folder = Path(folder)
-    cfg = from_hf_config(json.loads((folder / "config.json").read_text()))
+    cfg = from_hf_config(read_json(folder / "config.json", "a Hugging Face config.json"))
     files = sorted(folder.glob("model*.safetensors"))
     if not files:
         bins = sorted(folder.glob("pytorch_model*.bin"))
@@ -182,8 +181,8 @@ def is_hf_folder(folder: str | Path) -> bool:
     if not path.is_file():
         return False
     try:
-        d = json.loads(path.read_text())
-    except json.JSONDecodeError:
+        d = read_json(path, "a config.json")
+    except TinyGemmaError:  # not JSON, or too big: not an HF folder (our reader says what is wrong with it)
         return False
     return isinstance(d, dict) and ("model_type" in d or "text_config" in d)
 
@@ -203,7 +202,8 @@ def export_hf(model: torch.nn.Module, cfg: ModelConfig, tokenizer, out_dir: str 
     from safetensors.torch import save_file
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with writing(out):  # --out an existing file: one line
+        out.mkdir(parents=True, exist_ok=True)
     hf_cfg = to_hf_config(cfg)
     if tokenizer is not None:
         hf_cfg.update(eos_token_id=tokenizer.eot_id, bos_token_id=tokenizer.bos_id)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from tinygemma.config import SLIDING, ModelConfig
-from tinygemma.fsutil import atomic_path, atomic_write_text
+from tinygemma.fsutil import atomic_path, atomic_write_text, writing
 
 METRICS_NAME = "metrics.jsonl"
 PLOT_NAME = "loss.png"
@@ -82,7 +82,7 @@ class MetricsLog:
     def log(self, record: dict[str, Any]) -> None:
         record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         self.history.append(record)
-        with open(self.out_dir / METRICS_NAME, "a") as f:
+        with writing(self.out_dir / METRICS_NAME), open(self.out_dir / METRICS_NAME, "a") as f:
             f.write(json.dumps(record) + "\n")
         numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
         if self._tb is not None:

@@ -33,9 +33,9 @@ import numpy as np
 from tinygemma.config import DATA_DIR, check_fields, ranged
 from tinygemma.data import FORMAT_VERSION, bin_dtype, make_meta, pack, read_meta
 from tinygemma.errors import TinyGemmaError
-from tinygemma.fsutil import atomic_write_json
+from tinygemma.fsutil import atomic_path, exclusive_dir, json_text, writing
 from tinygemma.documents import PARAGRAPH_BREAK, Piece, TailCut, Task
-from tinygemma.sources import SPLITS, SourceOptions, count_documents, describe_inputs, first_mb, has_validation, \
+from tinygemma.sources import SPLITS, SourceOptions, check_files, count_documents, describe_inputs, first_mb, has_validation, \
     is_text_file, iter_pieces, iter_tasks, parse_task, resolve_files, source_bytes, tail_cut
 from tinygemma.tokenizer import Tokenizer, load_tokenizer, parse_bpe_spec, train_bpe
 
@@ -179,31 +179,40 @@ def _results(tasks: Iterator, enc: _Encoding) -> Iterator[tuple]:
 
 # ---------------------------------------------------------------- writing
 class _SplitWriter:
-    """Appends ids to a temporary .bin beside the final one, hashing as it goes."""
+    """Appends ids to a temporary .bin beside the final one, hashing as it goes. A write the OS refuses
+    (full disk) is one TinyGemmaError line (fsutil.writing); discard() then removes the temporary file."""
 
     def __init__(self, out: Path, split: str):
         self.final = out / f"{split}.bin"
         self.tmp = out / f".{split}.bin.{os.getpid()}.tmp"
-        self.file = open(self.tmp, "wb")
+        self.file = None
+        with writing(self.final):
+            self.file = open(self.tmp, "wb")
         self.sha = hashlib.sha256()
         self.stats = {"tokens": 0, "documents": 0, "paragraphs": 0, "bytes": 0, "replaced_chars": 0}
 
     def write(self, arr: np.ndarray, stats: dict) -> None:
         buf = memoryview(arr).cast("B")
-        self.file.write(buf)
+        with writing(self.final):
+            self.file.write(buf)
         self.sha.update(buf)
         for k in self.stats:
             self.stats[k] += stats[k]
 
     def close(self) -> dict:
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
+        with writing(self.final):
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
         return {"file": self.final.name, **self.stats, "sha256": self.sha.hexdigest()}
 
     def discard(self) -> None:
         """Close and delete the temporary file if it was not renamed into place."""
-        self.file.close()
+        if self.file is not None:
+            try:
+                self.file.close()
+            except OSError:  # the unflushed rest of a write the disk refused
+                pass
         self.tmp.unlink(missing_ok=True)
 
 
@@ -240,29 +249,31 @@ def prepare(opts: PrepareOptions) -> dict:
     inputs = [describe_inputs(opts.source, opts), describe_inputs(opts.val_source, opts) if opts.val_source else None,
               _tokenizer_inputs(opts.tokenizer)]
     inputs_sha = hashlib.sha256(json.dumps([settings, inputs], sort_keys=True).encode()).hexdigest()
-    if out.is_dir():
+    for source in filter(None, (opts.source, opts.val_source)):
+        check_files(source, opts)
+    with exclusive_dir(out, "prepare"):  # one prepare per folder; a refused one leaves no new folder
         _remove_stale_temps(out)
-    if not opts.force and (meta := _up_to_date(out, inputs_sha)):
-        say(f"{out} is already up to date (same inputs and settings); nothing to do (use --force to rebuild)")
-        return meta
-    holdout = plan_holdout(opts)
-    say(holdout.why)
-    tok = _make_tokenizer(opts, holdout, say)
-    enc = _Encoding(tok, bin_dtype(tok.vocab_size), opts.reading(), holdout,
-                    max(1, opts.num_proc or default_num_proc()),
-                    sys.stderr.isatty() if opts.progress is None else opts.progress)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    splits, meta = _write(opts, enc, out, settings, inputs_sha)
-    _report(out, splits, enc, time.perf_counter() - t0, say)
+        if not opts.force and (meta := _up_to_date(out, inputs_sha)):
+            say(f"{out} is already up to date (same inputs and settings); nothing to do (use --force to rebuild)")
+            return meta
+        holdout = plan_holdout(opts)
+        say(holdout.why)
+        tok = _make_tokenizer(opts, holdout, say)
+        enc = _Encoding(tok, bin_dtype(tok.vocab_size), opts.reading(), holdout,
+                        max(1, opts.num_proc or default_num_proc()),
+                        sys.stderr.isatty() if opts.progress is None else opts.progress)
+        t0 = time.perf_counter()
+        splits, meta = _write(opts, enc, out, settings, inputs_sha)
+        _report(out, splits, enc, time.perf_counter() - t0, say)
     return meta
 
 
 def _write(opts: PrepareOptions, enc: _Encoding, out: Path, settings: dict, inputs_sha: str) -> tuple[dict, dict]:
     """Both splits into temporary files, then renamed into place with meta.json last; -> (split stats, meta)."""
-    writers = {split: _SplitWriter(out, split) for split in SPLITS}
+    writers: dict[str, _SplitWriter] = {}
     tok_dir = out / f".tokenizer.{os.getpid()}.tmp"
     try:
+        writers.update((split, _SplitWriter(out, split)) for split in SPLITS)
         if enc.holdout.method == "hash":  # one pass; each worker sends held-out documents to validation
             _tokenize(opts.source, "train", writers["train"], writers["validation"], enc)
         else:
@@ -370,12 +381,14 @@ def _meta(opts: PrepareOptions, enc: _Encoding, tok_ref: dict, splits: dict, set
 
 
 def _commit(out: Path, writers: dict, tok_dir: Path, meta: dict) -> None:
-    """Rename the new files into place, meta.json last (the file that makes them valid)."""
-    if (tok_dir / "tokenizer.json").exists():
-        os.replace(tok_dir / "tokenizer.json", out / "tokenizer.json")
-    for w in writers.values():
-        os.replace(w.tmp, w.final)
-    atomic_write_json(out / "meta.json", meta)
+    """Rename the new files into place, meta.json last (the file that makes them valid). meta.json is
+    written to its temporary name before the renames, so a full disk cannot strike between them."""
+    with atomic_path(out / "meta.json") as meta_tmp:
+        meta_tmp.write_text(json_text(meta), encoding="utf-8")
+        if (tok_dir / "tokenizer.json").exists():
+            os.replace(tok_dir / "tokenizer.json", out / "tokenizer.json")
+        for w in writers.values():
+            os.replace(w.tmp, w.final)
     if "path" not in meta["tokenizer"]:
         (out / "tokenizer.json").unlink(missing_ok=True)  # left by an earlier file-based run
 

@@ -10,7 +10,6 @@ bits per byte on real TinyStories text after 10 minutes on a 2-core CPU.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
@@ -18,7 +17,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tinygemma.config import DATA_DIR, MODEL_DIR, TrainConfig, check_fields, ranged
-from tinygemma.fsutil import atomic_write_json
+from tinygemma.errors import TinyGemmaError
+from tinygemma.fsutil import atomic_write_json, exclusive_dir, read_json
 from tinygemma.prepare import PrepareOptions, prepare
 
 HUB_DATASET = "roneneldan/TinyStories"
@@ -112,10 +112,14 @@ def choose_source(source: str | None, hub_mb: float) -> tuple[str, str]:
 
 
 def _read_state(out_dir: Path) -> dict:
-    try:
-        return json.loads((out_dir / STATE_NAME).read_text())
-    except (OSError, json.JSONDecodeError):
+    """quickstart.json, or {} when there is none or it is unreadable (then the run starts over)."""
+    if not (out_dir / STATE_NAME).exists():
         return {}
+    try:
+        state = read_json(out_dir / STATE_NAME, "the quickstart's state")
+    except TinyGemmaError:
+        return {}
+    return state if isinstance(state, dict) else {}
 
 
 def _train(cfg: TrainConfig, out_dir: Path) -> dict:
@@ -131,7 +135,7 @@ def _train(cfg: TrainConfig, out_dir: Path) -> dict:
                                             "weight_decay": cfg.weight_decay,
                                             "step": summary["step"], "tokens_seen": summary["tokens_seen"]})
     if interrupted:
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt(summary["stop_reason"])  # the CLI exits 128 + that signal's number
     return summary
 
 
@@ -197,7 +201,14 @@ class QuickstartOptions:
 
 
 def quickstart(opts: QuickstartOptions = QuickstartOptions(), recipe: Recipe = RECIPE) -> dict:
-    """Prepare (or reuse) data, train the recipe for opts.minutes, print stories and scores; return the summary."""
+    """Prepare (or reuse) data, train the recipe for opts.minutes, print stories and scores; return the summary.
+
+    The whole run holds --out-dir's lock (fsutil.exclusive_dir), prepare holds --data-dir's too."""
+    with exclusive_dir(opts.out_dir, "quickstart"):
+        return _quickstart(opts, recipe)
+
+
+def _quickstart(opts: QuickstartOptions, recipe: Recipe) -> dict:
     src, why = choose_source(opts.source, opts.hub_mb)
     print(why, flush=True)
     meta = prepare(opts.prepare_options(src, recipe.tokenizer))

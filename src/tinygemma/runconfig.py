@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 from tinygemma import checkpoint
 from tinygemma.config import ModelConfig, TrainConfig, known_keys, merge_changes, model_preset, parse_assignment, updated
 from tinygemma.errors import TinyGemmaError
+from tinygemma.fsutil import JSON_LIMIT, read_bounded
 from tinygemma.metrics import flops_per_token
 
 
@@ -73,19 +74,20 @@ def _with_model(cfg: TrainConfig, model: ModelConfig, vocab: int | None) -> Trai
 def load_config_file(path: str) -> dict:
     """A TOML file (or YAML when pyyaml is installed) of TrainConfig fields and an optional [model] table."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise TinyGemmaError(f"--config {path}: file not found")
+    text = read_bounded(p, JSON_LIMIT, "a TOML or YAML file of TrainConfig fields")
     try:
         if p.suffix in (".yaml", ".yml"):
             try:
                 import yaml
             except ImportError:
                 raise TinyGemmaError(f"--config {path}: YAML needs pyyaml (pip install pyyaml); or use TOML") from None
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml.safe_load(text.decode("utf-8")) or {}
         else:
             import tomllib
 
-            data = tomllib.loads(p.read_text())
+            data = tomllib.loads(text.decode("utf-8"))
     except (ValueError, TypeError, UnicodeDecodeError) as e:  # tomllib.TOMLDecodeError and yaml errors are ValueErrors
         raise TinyGemmaError(f"--config {path}: cannot parse it ({' '.join(str(e).split())})") from None
     if not isinstance(data, dict):

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Iterator
 
 from tinygemma.config import check_fields, ranged
-from tinygemma.documents import Piece, TailCut, Task, decode_utf8, file_separator, find_tail_cut, parse_text, \
-    read_range, str_pieces, text_tasks
+from tinygemma.documents import Piece, TailCut, Task, check_text_file, decode_utf8, file_separator, find_tail_cut, \
+    parse_text, read_range, str_pieces, text_tasks
 from tinygemma.errors import TinyGemmaError
 
 TEXT_SUFFIXES = {".txt", ".text", ".md"}
@@ -97,6 +97,9 @@ def resolve_files(source: str) -> list[Path]:
     path = Path(source).expanduser()
     if path.is_file():
         return [path]
+    if path.exists() and not path.is_dir():
+        raise TinyGemmaError(f"source {source!r} is not a regular file (a FIFO or a device?); give a file, "
+                             "directory, glob, hf:NAME or builtin")
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in KNOWN_SUFFIXES
                        and not p.name.startswith("."))
@@ -122,6 +125,18 @@ def describe_inputs(source: str, opts: SourceOptions) -> list:
     if source.startswith("hf:"):
         return [source]
     return [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in resolve_files(source)]
+
+
+def check_files(source: str, opts: SourceOptions) -> None:
+    """Look at the start of every file of a file source before any work: text files must be mostly text
+    (documents.check_text_file), .parquet files must open with a text column (.json/.jsonl fail on the line)."""
+    if source == "builtin" or source.startswith("hf:"):
+        return
+    for path in resolve_files(source):
+        if is_text_file(path):
+            check_text_file(path)
+        elif path.suffix.lower() == ".parquet":
+            _open_parquet(path, opts.text_field)
 
 
 def has_validation(source: str) -> bool:
@@ -191,6 +206,7 @@ def _file_ranges(files: list[Path], split: str, tail: TailCut | None) -> Iterato
 def _file_tasks(path: Path, start: int, end: int | None, opts: SourceOptions) -> Iterator[Task]:
     suffix = path.suffix.lower()
     if is_text_file(path):
+        check_text_file(path)
         yield from text_tasks(path, start, end, file_separator(path, opts.doc_split), opts.chunk_bytes,
                               opts.segment_bytes)
     elif suffix in JSONL_SUFFIXES or (suffix == ".json" and not _starts_with(path, b"[")):
@@ -233,15 +249,29 @@ def _json_array_tasks(path: Path, opts: SourceOptions) -> Iterator[Task]:
 
 
 def _parquet_tasks(path: Path, opts: SourceOptions) -> Iterator[Task]:
-    import pyarrow.parquet as pq
-
-    pf = pq.ParquetFile(path)
-    if opts.text_field not in pf.schema_arrow.names:
-        raise TinyGemmaError(f"{path}: no column {opts.text_field!r} (columns: {pf.schema_arrow.names}); "
-                             "pass --text-field NAME")
+    pf = _open_parquet(path, opts.text_field)
     docs = (d for batch in pf.iter_batches(batch_size=1024, columns=[opts.text_field])
             for d in batch.column(0).to_pylist() if d)
     yield from _doc_tasks(docs, opts.chunk_bytes)
+
+
+def _open_parquet(path: Path, text_field: str):
+    """A ParquetFile with a text column `text_field`, or one TinyGemmaError line saying what is wrong."""
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except (pyarrow.ArrowException, OSError) as e:
+        raise TinyGemmaError(f"{path} is not a readable Parquet file ({str(e).splitlines()[0][:120]}); "
+                             "check the file, or give it the suffix of what it holds (.txt, .jsonl)") from None
+    if text_field not in pf.schema_arrow.names:
+        raise TinyGemmaError(f"{path}: no column {text_field!r} (columns: {pf.schema_arrow.names}); "
+                             "pass --text-field NAME")
+    column = pf.schema_arrow.field(text_field).type
+    if not (pyarrow.types.is_string(column) or pyarrow.types.is_large_string(column)):
+        raise TinyGemmaError(f"{path}: column {text_field!r} holds {column}, not text; pass --text-field NAME")
+    return pf
 
 
 def _doc_tasks(docs: Iterator[str], chunk_bytes: int) -> Iterator[Task]:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from tinygemma.errors import TinyGemmaError
-from tinygemma.fsutil import atomic_write_text
+from tinygemma.fsutil import atomic_write_text, is_inside, read_bounded
 
 GPT2_VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
 GPT2_ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
@@ -33,6 +33,7 @@ BPE_EOT = "<|endoftext|>"
 EOT_NAMES = ("<|endoftext|>", "<eos>", "</s>", "<|end_of_text|>", "<|im_end|>")
 BOS_NAMES = ("<bos>", "<s>", "<|begin_of_text|>")
 KNOWN = "gpt2, gemma3, bpe:N (e.g. bpe:4096) or a path to tokenizer.json / tokenizer.model"
+TOKENIZER_LIMIT = 256 << 20  # bytes: Gemma 3's tokenizer.json, the largest we know, has 33 MB
 
 
 class Tokenizer:
@@ -267,13 +268,14 @@ def _load_file(path: Path, name: str | None = None) -> HFTokenizer:
 
     if not path.exists():
         raise TinyGemmaError(f"tokenizer file {path} not found; use {KNOWN}")
+    data = read_bounded(path, TOKENIZER_LIMIT, "a tokenizer.json or tokenizer.model")  # a FIFO or device: refused
     if path.suffix == ".model":
         tok = _from_sentencepiece(path)
     else:
         try:
-            tok = RustTokenizer.from_file(str(path))
+            tok = RustTokenizer.from_str(data.decode("utf-8"))
         except Exception as e:
-            raise TinyGemmaError(f"{path} is not a HF tokenizers tokenizer.json ({e})") from None
+            raise TinyGemmaError(f"{path} is not a HF tokenizers tokenizer.json ({' '.join(str(e).split())[:160]})") from None
     if name is None:
         name = "gemma3" if tok.token_to_id("<start_of_image>") is not None else "file"
     return HFTokenizer(tok, name=name, path=path)
@@ -341,16 +343,25 @@ def load_tokenizer(spec: str | dict | os.PathLike, base_dir: str | os.PathLike |
 
 
 def _load_ref(ref: dict, base_dir: str | os.PathLike | None) -> Tokenizer:
-    """Load from a ref and check it is the same vocabulary (fingerprint) it was saved with."""
+    """Load from a ref and check it is the same vocabulary (fingerprint) it was saved with.
+
+    A ref comes from a file (meta.json, config.json), so it may name only a built-in tokenizer or a file
+    inside `base_dir`, the folder that holds it: a file cannot make us read /dev/zero or ../../secret."""
     if "name" not in ref:
         raise TinyGemmaError(f"tokenizer reference {ref} has no name; re-run `tinygemma prepare`")
     if ref.get("path"):
         path = Path(ref["path"])
-        if base_dir is not None and not path.is_absolute():
+        if base_dir is not None:
             path = Path(base_dir) / path
+            if not is_inside(path, base_dir):
+                raise TinyGemmaError(f"the tokenizer path {ref['path']!r} recorded in {base_dir} lies outside that "
+                                     "folder; copy the tokenizer.json into it, or pass --tokenizer PATH")
         tok = _load_file(path, name=ref["name"])
-    else:
+    elif ref["name"] in ("gpt2", "gemma3"):
         tok = load_tokenizer(ref["name"])
+    else:
+        raise TinyGemmaError(f"the tokenizer {ref['name']!r} has no file (path) and is not gpt2 or gemma3; "
+                             "pass --tokenizer, or re-run `tinygemma prepare`")
     if ref.get("fingerprint") and ref["fingerprint"] != tok.fingerprint:
         raise TinyGemmaError(f"tokenizer {ref['name']} does not match the one the data was prepared with "
                              f"(fingerprint {tok.fingerprint[:12]} != {ref['fingerprint'][:12]}); "

@@ -9,12 +9,14 @@ schedules are optim.py's, bf16 autocast and compile device.py's, parallelism dis
 Every `eval_interval` steps the model is scored on a fixed set of validation windows (with
 evaluate.windows_loss: the one loss `tinygemma eval` uses too); an improvement writes
 best_model_params.pt. last.pt is a checkpoint.RunState: everything an exact resume needs.
-SIGINT/SIGTERM save last.pt and return; a non-finite loss stops with a hint and leaves the last
-good checkpoint alone.
+SIGINT/SIGTERM save last.pt and return (the CLI then exits 128 + the signal); a non-finite loss stops
+with a hint and leaves the last good checkpoint alone. Rank 0 holds --out-dir's lock
+(fsutil.exclusive_dir) from before last.pt is read until the run ends: one run per folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -35,6 +37,7 @@ from tinygemma.device import COMPILE_DEFAULT, autocast_context, compile_model, k
 from tinygemma.distributed import DistInfo
 from tinygemma.errors import TinyGemmaError
 from tinygemma.evaluate import windows_loss
+from tinygemma.fsutil import exclusive_dir
 from tinygemma.metrics import MetricsLog, flops_per_token, peak_flops, peak_memory_mb
 from tinygemma.model import Gemma3Model
 from tinygemma.optim import Optimizers, build_optimizer, lr_at, set_lr
@@ -223,18 +226,31 @@ class _Parts:
 
 
 def _run(cfg: TrainConfig, device: torch.device, info: DistInfo, on_eval) -> dict:
-    """config (resolved) -> data -> model -> the loop."""
+    """config (resolved) -> data -> the out-dir's lock -> model -> the loop."""
     data = _load_data(cfg, info, device)
-    saved = _saved_run(cfg, data.fingerprint)
-    model = _build_model(cfg, saved, device, info)
-    parts = _Parts(cfg, info, device, data, model, build_optimizer(model, cfg, device))
-    if saved is not None:
-        _restore(parts, saved)
+    with contextlib.ExitStack() as lock:
+        _lock_out_dir(lock, cfg, info, device)
+        saved = _saved_run(cfg, data.fingerprint)
+        model = _build_model(cfg, saved, device, info)
+        parts = _Parts(cfg, info, device, data, model, build_optimizer(model, cfg, device))
+        if saved is not None:
+            _restore(parts, saved)
+        if info.is_main:
+            print("config: " + json.dumps(cfg.to_dict()), flush=True)
+            write_model_folder(cfg, data.meta)
+        return _Run(parts, saved, on_eval).run()
+
+
+def _lock_out_dir(stack: contextlib.ExitStack, cfg: TrainConfig, info: DistInfo, device: torch.device) -> None:
+    """Rank 0 takes --out-dir's lock (creating the folder); every rank stops if it could not."""
+    refused = None
     if info.is_main:
-        Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
-        print("config: " + json.dumps(cfg.to_dict()), flush=True)
-        write_model_folder(cfg, data.meta)
-    return _Run(parts, saved, on_eval).run()
+        try:
+            stack.enter_context(exclusive_dir(cfg.out_dir, "train"))
+        except TinyGemmaError as e:
+            refused = e
+    if distributed.any_rank(refused is not None, info, device):
+        raise refused or TinyGemmaError(f"rank 0 could not lock {cfg.out_dir} (see its message)")
 
 
 def _saved_run(cfg: TrainConfig, fingerprint: dict) -> RunState | None:
@@ -420,11 +436,16 @@ class _Run:
             return train_step(parts.model, parts.optimizer, parts.data.sampler, self.cfg, self.amp, self.info,
                               self.device, lr)
         except NonFiniteLoss as e:
-            raise TinyGemmaError(
-                f"{e} at step {self.progress.step + 1} with lr {lr:.3g}: the learning rate is the likely cause; "
-                f"lower it (e.g. --set lr={self.cfg.lr / 10:.3g}) or tighten --set grad_clip; "
-                f"the last good checkpoint in {self.out_dir} was kept (--resume continues from it)"
-            ) from None
+            raise TinyGemmaError(f"{e} at step {self.progress.step + 1} with lr {lr:.3g}: {self.non_finite_hint()}") from None
+
+    def non_finite_hint(self) -> str:
+        """What to do after a non-finite loss: a lower lr (a finite one), and --resume only if last.pt exists."""
+        lower = self.cfg.lr / 10
+        advice = (f"the learning rate is the likely cause; lower it (e.g. --set lr={lower:.3g}) or tighten "
+                  "--set grad_clip" if lower > 0 else "check the data and the model config (--set model.*)")
+        if (self.out_dir / checkpoint.RESUME_NAME).exists():
+            return f"{advice}; the last good checkpoint in {self.out_dir} was kept (--resume continues from it)"
+        return f"{advice}; no checkpoint was written yet (start again without --resume)"
 
     def train_record(self, loss: float, lr: float, norm: float) -> dict:
         """The metrics line of this step, with tokens/s since the last one."""

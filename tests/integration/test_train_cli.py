@@ -65,7 +65,8 @@ def test_cli_run_then_resume_with_more_iters(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_a_resumable_checkpoint_and_exits_cleanly(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_saves_a_resumable_checkpoint_and_exits_128_plus_it(tmp_path, sig):
     data, out = make_data(tmp_path / "data"), tmp_path / "out"
     cmd = [sys.executable, "-m", "tinygemma", "train", *TINY, "--data-dir", str(data), "--out-dir", str(out),
            "--max-iters", "1000000", "--set", "eval_interval=1000000", "--set", "log_interval=1"]
@@ -74,10 +75,11 @@ def test_sigterm_saves_a_resumable_checkpoint_and_exits_cleanly(tmp_path):
     deadline = time.time() + 60
     while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 4):
         time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     output, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0, output
-    assert "SIGTERM" in output and "Traceback" not in output
+    assert proc.returncode == 128 + sig, output  # 143 for SIGTERM, 130 for SIGINT
+    assert f"stopped by {sig.name}, last.pt saved: `tinygemma train --resume --out-dir {out}`" in output
+    assert "Traceback" not in output
     state = checkpoint.load_resume(out)
     assert state["step"] >= 3
     logged = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
