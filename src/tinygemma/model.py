@@ -44,7 +44,8 @@ from tinygemma.loss import linear_cross_entropy
 
 def rms_norm(x: torch.Tensor, gain: torch.Tensor, eps: float) -> torch.Tensor:
     """x / rms(x) * gain over the last dim, computed in fp32 (gain: (1 + w) in fp32, broadcast), in x's dtype."""
-    return (F.rms_norm(x.float(), (x.size(-1),), eps=eps) * gain).type_as(x)
+    y = F.rms_norm(x.float(), (x.size(-1),), eps=eps) * gain
+    return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
 class RMSNorm(nn.Module):
@@ -129,15 +130,18 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, mask, cache: KVCache | None = None):
         B, T, _ = x.shape
+        H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
         q, k, v = (t.transpose(1, 2) for t in self._qkv(x, cos, sin))  # (B, heads, T, D)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, Hkv, S, D): what these queries attend to
+        if T == 1:  # one query a head: the G = H / Hkv heads sharing a KV head are G query rows of it
+            q = q.reshape(B, Hkv, H // Hkv, D)  # SDPA without enable_gqa: 3x faster at 200 keys on CPU
         # no mask: causal over a fresh sequence (T > 1), or every cached key (T = 1)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=mask is None and T > 1, scale=self.scale,
-            enable_gqa=self.n_heads != self.n_kv_heads,
-        )  # (B, H, T, D)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+            enable_gqa=q.size(1) != Hkv,
+        )  # (B, H, T, D), or (B, Hkv, G, D) for T = 1: the same order of heads
+        return self.o_proj(y.reshape(B, H, T, D).transpose(1, 2).reshape(B, T, H * D))
 
 
 class MLP(nn.Module):
@@ -146,17 +150,9 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
-        self.gate_up_weight: torch.Tensor | None = None  # gate and up as one (2I, d) matrix, while prepared
-
-    def prepare(self, on: bool) -> None:
-        self.gate_up_weight = torch.cat((self.gate_proj.weight, self.up_proj.weight)) if on else None
 
     def forward(self, x):
-        if self.gate_up_weight is None:
-            gate, up = self.gate_proj(x), self.up_proj(x)
-        else:
-            gate, up = F.linear(x, self.gate_up_weight).chunk(2, dim=-1)
-        return self.down_proj(F.gelu(gate, approximate="tanh") * up)
+        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
 
 
 class Block(nn.Module):
@@ -230,7 +226,7 @@ class Gemma3Model(nn.Module):
             yield self
             return
         norms = [m for m in self.modules() if isinstance(m, RMSNorm)]
-        fused = [m for m in self.modules() if isinstance(m, (Attention, MLP))]
+        fused = [m for m in self.modules() if isinstance(m, Attention)]
         with torch.no_grad():
             for n in norms:
                 n.prepared_gain = n.gain()
