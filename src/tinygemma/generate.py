@@ -6,7 +6,7 @@
   free for the next one. Each row has its own positions, so rows of different lengths need no
   padding. While a Batch is open the model runs prepared for inference
   (`Gemma3Model.prepared_for_inference`: fused q/k/v, precomputed norm gains).
-- `LMHead`: next-token logits from the last hidden state, ranking the vocabulary with an fp16
+- `LMHead`: next-token logits from the last hidden state, ranking the vocabulary with a bf16
   copy of the tied head and recomputing the best candidates exactly.
 - `generate_ids`: prompts (token ids) in, new ids out, through a Batch: rows leave as they end.
 - `generate`: text in, text out, with optional streaming of the new text.
@@ -78,21 +78,22 @@ class LMHead:
 
     Batch-1 decoding is bound by the bytes of weights read per token, and the tied head is
     most of them (262,144 x 640 at Gemma 3 270M: 671 MB in fp32). With `fast=True` an fp32
-    model reads an fp16 copy of the head instead (half the bytes) to rank the vocabulary,
-    then recomputes the logits of the `exact_top` best candidates in fp32 from the real
-    weights. Greedy picks and top-k (k <= exact_top) sampling therefore see exact logits;
-    only tokens outside the top candidates keep fp16-weight logits (relative error ~1e-3).
+    model ranks the vocabulary with a bf16 copy of the head instead (half the bytes), then
+    recomputes the logits of the `exact_top` best candidates in fp32 from the real weights.
+    Greedy picks and top-k (k <= exact_top) sampling therefore see exact logits; only tokens
+    outside the top candidates keep bf16-weight logits (relative error ~4e-3).
     """
 
-    def __init__(self, weight: torch.Tensor, fast: bool = True, exact_top: int = 32):
+    def __init__(self, weight: torch.Tensor, fast: bool = True, exact_top: int = 64):
         self.weight, self.exact_top = weight, min(exact_top, weight.size(0))
-        self.half = weight.to(torch.float16) if fast and weight.dtype == torch.float32 else None
+        self.low = weight.to(torch.bfloat16) if fast and weight.dtype == torch.float32 else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        # fp16 tops out at 65504: hidden states that large (unusual) take the exact path
-        if self.half is None or float(x.abs().amax()) > 3e4:
+        if self.low is None:
             return F.linear(x, self.weight).float()
-        approx = F.linear(x.half(), self.half).float()  # (B, V)
+        xl = x.to(self.low.dtype)
+        # one row: torch.mv read the bf16 head ~1.5x faster than F.linear on the Xeon (docs/BENCHMARKS.md)
+        approx = (torch.mv(self.low, xl[0])[None] if x.size(0) == 1 else F.linear(xl, self.low)).float()  # (B, V)
         cand = approx.topk(self.exact_top, dim=-1).indices  # (B, C)
         exact = torch.einsum("bd,bcd->bc", x.float(), self.weight[cand].float())  # (B, C)
         return approx.scatter_(-1, cand, exact)
@@ -121,7 +122,7 @@ class Batch:
         self.cache = KVCache(model.config, rows, max_len, weight.device, weight.dtype) if use_cache else None
         self.head = LMHead(weight, fast=fast_head)
         self.free = list(range(rows))
-        self.seqs: dict[int, list[int]] = {}  # each row's tokens, without a cache only
+        self.seqs: dict[int, list[int]] = {}  # the tokens of each joined row so far
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> Batch:
@@ -149,6 +150,8 @@ class Batch:
     @torch.inference_mode()
     def step(self, rows: Sequence[int], tokens: Sequence[int]) -> torch.Tensor:
         """One token for each of `rows` (at each row's next position) -> logits (len(rows), V)."""
+        if len(rows) != len(tokens) or any(r not in self.seqs for r in rows):
+            raise ValueError(f"step needs one token for each of some joined rows {sorted(self.seqs)}; got rows {list(rows)}")
         for r, t in zip(rows, tokens):
             self.seqs[r].append(int(t))
         if self.cache is None:
@@ -183,7 +186,7 @@ def generate_ids(
     Each prompt takes a row of one Batch; a row leaves the batch when it ends, so the steps
     after that compute only the rows still going. `on_tokens` receives each step's tokens (one
     per prompt; finished prompts repeat eot_id). `use_cache=False` recomputes every prefix from
-    scratch (for tests and benchmarks). `fast_head` ranks the vocabulary with an fp16 copy of
+    scratch (for tests and benchmarks). `fast_head` ranks the vocabulary with a bf16 copy of
     the head (see LMHead).
     """
     _check_args(model, prompt_ids, max_new_tokens, temperature, top_k, top_p)

@@ -121,7 +121,7 @@ def test_fast_head_gives_the_exact_greedy_tokens(model):
     ref = x @ model.embed_tokens.weight.T
     top = ref.topk(5).indices
     torch.testing.assert_close(logits.gather(1, top), ref.gather(1, top))  # the top candidates are exact
-    assert (logits - ref).abs().max() < 1e-2
+    assert (logits - ref).abs().max() < 2e-2  # the rest: bf16 weights and bf16 sums, about 2^-8 relative
 
 
 def test_sampling_options():
