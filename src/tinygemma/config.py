@@ -1,14 +1,23 @@
 """Typed configs, named presets and `--set a.b=value` overrides.
 
-Presets are small functions returning a `ModelConfig`; the vocabulary size always
-comes from the tokenizer (meta.json), so every preset takes `vocab_size`.
+Configs are frozen dataclasses, checked where they are made: every field against its type (an int
+is not 2.5 and not true, a float is finite) and its range (declared beside the field), then the
+checks that involve several fields. A bad value is one TinyGemmaError line that names the field.
+`apply_overrides` and `updated` return new configs; nothing changes a config in place.
+
+Presets are small functions returning a `ModelConfig`; the vocabulary size always comes from the
+tokenizer (meta.json), so every preset takes `vocab_size`. `runconfig.resolve_config` layers a
+preset, a config file, `--set` and the CLI flags into one TrainConfig.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
+import math
+import os
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -18,61 +27,168 @@ from tinygemma.errors import TinyGemmaError
 
 SLIDING = "sliding_attention"
 FULL = "full_attention"
+# The seed's layout: prepared data and model folders, relative to where the commands run.
+DATA_DIR = "data/processed_datasets"
+MODEL_DIR = "data/models"
 
 
 def default_layer_types(n_layers: int, pattern: int = 6) -> tuple[str, ...]:
     """Gemma 3's 5 sliding : 1 full pattern; a model shorter than one pattern ends on a full layer."""
-    types = [FULL if (i + 1) % pattern == 0 else SLIDING for i in range(n_layers)]
-    if FULL not in types:
-        types[-1] = FULL
-    return tuple(types)
+    kinds = [FULL if (i + 1) % pattern == 0 else SLIDING for i in range(n_layers)]
+    if FULL not in kinds:
+        kinds[-1] = FULL
+    return tuple(kinds)
 
 
-@dataclass
+# ---------------------------------------------------------------- checking a config's fields
+
+
+def ranged(default: Any, *, ge: float | None = None, gt: float | None = None, lt: float | None = None,
+       le: float | None = None, choices: tuple[str, ...] | None = None) -> Any:
+    """A dataclass field whose value must lie in the given bounds (ge: >=, gt: >, lt: <, le: <=) or choices."""
+    return dataclasses.field(default=default, metadata={"ge": ge, "gt": gt, "lt": lt, "le": le, "choices": choices})
+
+
+class _BadValue(Exception):
+    pass
+
+
+def _as_type(name: str, typ: Any, value: Any) -> Any:
+    """`value` as the annotated type: an int-valued number for an int, any number for a float (finite),
+    a list for a tuple, a dict for a nested config. Raises _BadValue naming the field otherwise."""
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        typ = next(a for a in typing.get_args(typ) if a is not type(None))
+    if dataclasses.is_dataclass(typ):
+        if isinstance(value, typ):
+            return value
+        if not isinstance(value, dict):
+            raise _BadValue(f"{name} must be a table of {typ.__name__} fields, got {value!r}")
+        return typ.from_dict(value)
+    if typing.get_origin(typ) is tuple:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise _BadValue(f"{name} must be a list of strings, got {value!r}")
+        return tuple(value)
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise _BadValue(f"{name} must be true or false, got {value!r}")
+        return value
+    if typ is str:
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        if not isinstance(value, str):
+            raise _BadValue(f"{name} must be a string, got {value!r}")
+        return value
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if typ is int:
+        if not number or not math.isfinite(value) or value != int(value):
+            raise _BadValue(f"{name} must be a whole number, got {value!r}")
+        return int(value)
+    if not number or not math.isfinite(value):  # float
+        raise _BadValue(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _out_of_range(name: str, value: Any, meta: Any) -> str | None:
+    if value is None:
+        return None
+    if meta.get("choices") and value not in meta["choices"]:
+        return f"{name} {value!r} is not one of {', '.join(meta['choices'])}{did_you_mean(str(value), meta['choices'])}"
+    for key, ok, words in (("ge", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"),
+                           ("le", lambda v, b: v <= b, "<="), ("lt", lambda v, b: v < b, "<")):
+        bound = meta.get(key)
+        if bound is not None and not ok(value, bound):
+            return f"{name} must be {words} {bound:g}, got {value!r}"
+    return None
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def check_fields(cfg: Any, what: str) -> None:
+    """Coerce every field of a (frozen) config to its type and check its range (`ranged`); one error for all
+    problems, "invalid <what> config: ...". Every config dataclass calls it first in __post_init__."""
+    problems = []
+    for f in fields(cfg):
+        try:
+            value = _as_type(f.name, _hints(type(cfg))[f.name], getattr(cfg, f.name))
+        except _BadValue as e:  # (a nested config raises its own one-line error)
+            problems.append(str(e))
+            continue
+        object.__setattr__(cfg, f.name, value)
+        if problem := _out_of_range(f.name, value, f.metadata):
+            problems.append(problem)
+    _refuse(problems, what)
+
+
+def _refuse(problems: list[str], what: str) -> None:
+    if problems:
+        raise TinyGemmaError(f"invalid {what} config: " + "; ".join(problems))
+
+
+def known_keys(cls: type, keys, where: str) -> None:
+    """Refuse a key that is no field of `cls`, naming the closest field (`where` says whose key it was)."""
+    names = [f.name for f in fields(cls)]
+    unknown = [str(k) for k in keys if k not in names]
+    if unknown:
+        raise TinyGemmaError(f"{where}: unknown key {unknown[0]!r}{did_you_mean(unknown[0], names)}")
+
+
+# ---------------------------------------------------------------- the model
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """The Gemma 3 text-model shape. Defaults are Gemma 3 270M (see docs/MODEL.md)."""
 
-    vocab_size: int = 262_144
-    hidden_size: int = 640
-    n_layers: int = 18
-    n_heads: int = 4
-    n_kv_heads: int = 1
-    head_dim: int = 256
-    intermediate_size: int = 2048
-    sliding_window: int = 512
+    vocab_size: int = ranged(262_144, ge=1)
+    hidden_size: int = ranged(640, ge=1)
+    n_layers: int = ranged(18, ge=1)
+    n_heads: int = ranged(4, ge=1)
+    n_kv_heads: int = ranged(1, ge=1)
+    head_dim: int = ranged(256, ge=2)  # even: RoPE rotates pairs of dimensions
+    intermediate_size: int = ranged(2048, ge=1)
+    sliding_window: int = ranged(512, ge=1)
     layer_types: tuple[str, ...] = ()  # empty -> default_layer_types(n_layers)
-    rope_local_base: float = 10_000.0  # RoPE theta on sliding layers
-    rope_global_base: float = 1_000_000.0  # RoPE theta on full layers
-    query_pre_attn_scalar: int = 256  # attention scale = query_pre_attn_scalar ** -0.5
-    rms_norm_eps: float = 1e-6
-    max_position_embeddings: int = 32_768
-    init_std: float = 0.02
-    pad_token_id: int = 0
-    eos_token_id: int = 1
-    bos_token_id: int = 2
+    rope_local_base: float = ranged(10_000.0, gt=1)  # RoPE theta on sliding layers
+    rope_global_base: float = ranged(1_000_000.0, gt=1)  # RoPE theta on full layers
+    query_pre_attn_scalar: int = ranged(256, ge=1)  # attention scale = query_pre_attn_scalar ** -0.5
+    rms_norm_eps: float = ranged(1e-6, gt=0)
+    max_position_embeddings: int = ranged(32_768, ge=1)
+    init_std: float = ranged(0.02, gt=0)
+    pad_token_id: int = ranged(0, ge=0)
+    eos_token_id: int = ranged(1, ge=0)
+    bos_token_id: int = ranged(2, ge=0)
     # Not in Gemma 3: training-only dropout on the embeddings and residual branches, for many epochs
     # over small data (docs/RECIPES.md). 0 is exactly Gemma 3; eval mode ignores it.
-    dropout: float = 0.0
+    dropout: float = ranged(0.0, ge=0, lt=1)
+
+    # The fields a model folder's config.json must give (the rest have defaults that older files relied on).
+    SHAPE = ("vocab_size", "hidden_size", "n_layers", "n_heads", "n_kv_heads", "head_dim", "intermediate_size",
+             "sliding_window", "layer_types", "rope_local_base", "rope_global_base", "query_pre_attn_scalar",
+             "rms_norm_eps")
 
     def __post_init__(self) -> None:
+        check_fields(self, "model")
         if not self.layer_types:
-            self.layer_types = default_layer_types(self.n_layers)
-        self.layer_types = tuple(self.layer_types)
+            object.__setattr__(self, "layer_types", default_layer_types(self.n_layers))
         problems = []
         if len(self.layer_types) != self.n_layers:
             problems.append(f"layer_types has {len(self.layer_types)} entries but n_layers={self.n_layers}")
         bad = sorted(set(self.layer_types) - {SLIDING, FULL})
         if bad:
-            problems.append(f"unknown layer type(s) {bad}; use {SLIDING!r} or {FULL!r}")
+            problems.append(f"layer_types holds unknown type(s) {bad}; use {SLIDING!r} or {FULL!r}")
         if self.n_heads % self.n_kv_heads:
             problems.append(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
-        for name in ("vocab_size", "hidden_size", "n_layers", "n_heads", "head_dim", "intermediate_size", "sliding_window"):
-            if getattr(self, name) <= 0:
-                problems.append(f"{name} must be positive")
-        if not 0.0 <= self.dropout < 1.0:
-            problems.append(f"dropout must be in [0, 1), got {self.dropout}")
-        if problems:
-            raise TinyGemmaError("invalid model config: " + "; ".join(problems))
+        if self.head_dim % 2:
+            problems.append(f"head_dim must be even (RoPE rotates pairs), got {self.head_dim}")
+        for name in ("pad_token_id", "eos_token_id", "bos_token_id"):
+            if getattr(self, name) >= self.vocab_size:
+                problems.append(f"{name}={getattr(self, name)} must be below vocab_size={self.vocab_size}")
+        _refuse(problems, "model")
 
     @property
     def n_params(self) -> int:
@@ -89,11 +205,14 @@ class ModelConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise TinyGemmaError(f"unknown model config key(s) {unknown}; known keys: {sorted(known)}")
+    def from_dict(cls, d: dict[str, Any], require: tuple[str, ...] = ()) -> "ModelConfig":
+        """From a dict (config.json, last.pt, a [model] table); `require` names fields that must be present."""
+        if not isinstance(d, dict):
+            raise TinyGemmaError(f"invalid model config: expected a table of ModelConfig fields, got {type(d).__name__}")
+        known_keys(cls, d, "model config")
+        missing = [k for k in require if k not in d]
+        if missing:
+            raise TinyGemmaError(f"invalid model config: {missing[0]} is missing")
         return cls(**d)
 
 
@@ -167,12 +286,11 @@ def did_you_mean(name: str, choices) -> str:
 
 
 def _parse_value(raw: str, typ: Any, key: str) -> Any:
-    origin = typing.get_origin(typ)
-    if origin is typing.Union or origin is types.UnionType:
-        args = [a for a in typing.get_args(typ) if a is not type(None)]
+    """The text of `--set key=raw` as the field's type; _as_type then checks it like any other value."""
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):
         if raw.lower() in ("none", "null"):
             return None
-        return _parse_value(raw, args[0], key)
+        typ = next(a for a in typing.get_args(typ) if a is not type(None))
     try:
         if typ is bool:
             if raw.lower() in ("1", "true", "yes", "on"):
@@ -181,103 +299,118 @@ def _parse_value(raw: str, typ: Any, key: str) -> Any:
                 return False
             raise ValueError(raw)
         if typ is int:
-            return int(float(raw)) if "e" in raw.lower() else int(raw.replace("_", ""))
+            return int(raw.replace("_", "")) if raw.lstrip("-").replace("_", "").isdigit() else float(raw)
         if typ is float:
             return float(raw)
-        if typ is str:
-            return raw
-        if origin in (tuple, list):
-            items = json.loads(raw) if raw.startswith("[") else [x for x in raw.split(",") if x]
-            return tuple(items) if origin is tuple else list(items)
+        if typing.get_origin(typ) is tuple:
+            return tuple(json.loads(raw) if raw.startswith("[") else [x for x in raw.split(",") if x])
     except ValueError:
         raise TinyGemmaError(f"--set {key}={raw}: expected {getattr(typ, '__name__', typ)}") from None
     return raw
 
 
-def apply_override(cfg: Any, assignment: str, validate: bool = True) -> None:
-    """Apply one `a.b=value` to a (nested) dataclass, parsing `value` to the field's type.
-
-    validate=False skips the root's cross-field checks, for a caller that sets several fields
-    (e.g. lr_schedule=time, then --max-time) and validates once at the end.
-    """
+def parse_assignment(cls: type, assignment: str) -> dict[str, Any]:
+    """`a.b=value` -> {"a": {"b": value}}, the value parsed to the type of field b of section a of `cls`."""
     if "=" not in assignment:
         raise TinyGemmaError(f"--set {assignment!r}: expected key=value, e.g. --set lr=3e-4")
-    key, raw = assignment.split("=", 1)
-    target, parts = cfg, key.strip().split(".")
-    for i, part in enumerate(parts):
-        hints = typing.get_type_hints(type(target))
-        names = [f.name for f in fields(target)]
-        if part not in names:
-            where = ".".join(parts[:i]) or type(target).__name__
-            raise TinyGemmaError(f"--set {key}: unknown key {part!r} in {where}{did_you_mean(part, names)}")
-        if i == len(parts) - 1:
-            setattr(target, part, _parse_value(raw.strip(), hints[part], key))
-            if part == "n_layers" and isinstance(target, ModelConfig):
-                target.layer_types = ()  # re-derived for the new depth; set layer_types after n_layers to choose
-            if target is not cfg:
-                target.__post_init__()  # validate the section that changed (the root is validated below)
-        else:
-            target = getattr(target, part)
-            if not dataclasses.is_dataclass(target):
-                raise TinyGemmaError(f"--set {key}: {part!r} is not a section")
-    if validate and hasattr(cfg, "__post_init__"):
-        cfg.__post_init__()
+    key, raw = (s.strip() for s in assignment.split("=", 1))
+    *sections, name = key.split(".")
+    for section in sections:
+        known_keys(cls, [section], f"--set {key}")
+        cls = _hints(cls)[section]
+        cls = next((a for a in typing.get_args(cls) if dataclasses.is_dataclass(a)), cls)
+        if not dataclasses.is_dataclass(cls):
+            raise TinyGemmaError(f"--set {key}: {section!r} is not a section")
+    known_keys(cls, [name], f"--set {key}")
+    change: dict[str, Any] = {name: _parse_value(raw, _hints(cls)[name], key)}
+    for section in reversed(sections):
+        change = {section: change}
+    return change
 
 
-def apply_overrides(cfg: Any, assignments: list[str] | None) -> Any:
-    for a in assignments or []:
-        apply_override(cfg, a)
-    return cfg
+def merge_changes(*changes: dict[str, Any]) -> dict[str, Any]:
+    """Nested change dicts merged in order, later wins (sections merge field by field)."""
+    out: dict[str, Any] = {}
+    for change in changes:
+        for k, v in change.items():
+            out[k] = merge_changes(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def updated(cfg: Any, changes: dict[str, Any]) -> Any:
+    """A new config: `cfg` with `changes` ({field: value}; a nested dict changes a section), checked once.
+
+    Changing a model's n_layers without giving layer_types re-derives them for the new depth."""
+    known_keys(type(cfg), changes, type(cfg).__name__)
+    own = dict(changes)
+    for k, v in changes.items():
+        section = getattr(cfg, k)
+        if isinstance(v, dict) and dataclasses.is_dataclass(section):
+            own[k] = updated(section, v)
+    if isinstance(cfg, ModelConfig) and "n_layers" in own and "layer_types" not in own:
+        own["layer_types"] = ()
+    return dataclasses.replace(cfg, **own)
+
+
+def apply_overrides(cfg: Any, assignments: list[str] | tuple[str, ...] | None) -> Any:
+    """`cfg` with every `a.b=value` applied (parsed to the fields' types), checked once at the end."""
+    return updated(cfg, merge_changes(*(parse_assignment(type(cfg), a) for a in assignments or ())))
 
 
 # ---------------------------------------------------------------- training (train.py)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything `tinygemma train` needs; `--set key=value` and `--config FILE` set these fields.
 
-    `model` is resolved at start from `preset` and the tokenizer's vocab size (meta.json) unless
-    given; `--set model.hidden_size=128` changes one field of it. Intervals count optimizer steps.
+    `model` is None until runconfig.resolve_config resolves it (from `preset` and the tokenizer's
+    vocab size in meta.json, or the --init-from folder); `--set model.hidden_size=128` changes one
+    field of it. Intervals count optimizer steps.
     """
 
-    data_dir: str = "data/processed_datasets"
-    out_dir: str = "data/models"
-    preset: str = "small"
+    data_dir: str = DATA_DIR
+    out_dir: str = MODEL_DIR
+    preset: str = ranged("small", choices=tuple(PRESETS))
     model: ModelConfig | None = None
     # batch: tokens per optimizer step = batch_size * block_size * grad_accum (summed over ranks)
-    batch_size: int = 16  # sequences per micro-batch, global (divided by the number of ranks)
-    block_size: int = 256
-    grad_accum: int = 1
+    batch_size: int = ranged(16, ge=1)  # sequences per micro-batch, global (divided by the number of ranks)
+    block_size: int = ranged(256, ge=1)
+    grad_accum: int = ranged(1, ge=1)
     # stop conditions: the first one reached ends the run
-    max_iters: int = 2000
-    max_tokens: int | None = None
-    max_time: float | None = None  # seconds of training, summed over resumes
-    patience: int | None = None  # stop after this many evals without a better val loss
-    # optimizer and schedule: AdamW, linear warmup then cosine decay to min_lr at lr_decay_iters
-    lr: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_iters: int = 100
-    lr_decay_iters: int | None = None  # None -> max_iters
-    lr_schedule: str = "steps"  # steps: cosine over lr_decay_iters; time: cosine over max_time seconds of training
-    weight_decay: float = 0.1  # matrices only (not norms)
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0  # 0 disables clipping (the norm is still logged)
+    max_iters: int = ranged(2000, ge=1)
+    max_tokens: int | None = ranged(None, ge=1)
+    max_time: float | None = ranged(None, gt=0)  # seconds of training, summed over resumes
+    patience: int | None = ranged(None, ge=1)  # stop after this many evals without a better val loss
+    # optimizer and schedule (optim.py): linear warmup, then lr_decay from lr to min_lr
+    optimizer: str = ranged("adamw", choices=("adamw", "muon"))  # muon: Muon for the blocks' 2-D matrices, AdamW for the rest
+    lr: float = ranged(1e-3, gt=0)
+    min_lr: float = ranged(1e-4, ge=0)
+    muon_lr: float | None = ranged(None, gt=0)  # Muon's lr at the peak (AdamW-matched RMS); None -> lr
+    muon_momentum: float = ranged(0.95, ge=0, lt=1)
+    warmup_iters: int = ranged(100, ge=0)
+    lr_decay_iters: int | None = ranged(None, ge=1)  # None -> max_iters
+    lr_schedule: str = ranged("steps", choices=("steps", "time"))  # time: decay over max_time seconds of training
+    lr_decay: str = ranged("cosine", choices=("cosine", "wsd"))  # wsd: flat, then linear to min_lr over decay_fraction
+    decay_fraction: float = ranged(0.2, gt=0, le=1)  # wsd only
+    weight_decay: float = ranged(0.1, ge=0)  # matrices only (not norms)
+    beta1: float = ranged(0.9, ge=0, lt=1)
+    beta2: float = ranged(0.95, ge=0, lt=1)
+    grad_clip: float = ranged(1.0, ge=0)  # 0 disables clipping (the norm is still logged)
     # evaluation, checkpoints, logging
-    eval_interval: int = 100
-    eval_windows: int = 64  # fixed validation windows of block_size, chosen once, spread over the split
-    checkpoint_interval: int = 100  # last.pt every N steps (and at exit)
-    log_interval: int = 10
+    eval_interval: int = ranged(100, ge=1)
+    eval_windows: int = ranged(64, ge=1)  # fixed validation windows of block_size, chosen once, spread over the split
+    checkpoint_interval: int = ranged(100, ge=1)  # last.pt every N steps (and at exit)
+    log_interval: int = ranged(10, ge=1)
     sample_every_eval: bool = False  # print one generated line at each eval
     sample_prompt: str = "Once upon a time"
-    sample_tokens: int = 40
+    sample_tokens: int = ranged(40, ge=1)
     tensorboard: bool = False
     wandb_project: str | None = None
     # runtime
-    seed: int = 1337
-    device: str = "auto"  # auto | cpu | cuda | mps (auto: cuda, then mps, then cpu)
-    dtype: str = "auto"  # auto (bf16 autocast on cuda, fp32 elsewhere) | float32 | bfloat16
+    seed: int = ranged(1337, ge=0)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps (auto: cuda, then mps, then cpu)
+    dtype: str = ranged("auto", choices=("auto", "float32", "bfloat16"))  # auto: bf16 autocast on cuda, fp32 elsewhere
     compile: bool | None = None  # None -> the measured default for the device (docs/TRAINING.md)
     fsdp: bool = False
     resume: bool = False
@@ -286,27 +419,14 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        check_fields(self, "train")
         problems = []
-        for name in ("batch_size", "block_size", "grad_accum", "max_iters", "eval_interval", "eval_windows",
-                     "checkpoint_interval", "log_interval"):
-            if getattr(self, name) <= 0:
-                problems.append(f"{name} must be positive")
-        if self.lr <= 0 or self.min_lr < 0:
-            problems.append("lr must be positive and min_lr not negative")
-        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
-            problems.append(f"device {self.device!r} is not one of auto, cpu, cuda, mps")
-        if self.dtype not in ("auto", "float32", "bfloat16"):
-            problems.append(f"dtype {self.dtype!r} is not one of auto, float32, bfloat16")
-        if self.lr_schedule not in ("steps", "time"):
-            problems.append(f"lr_schedule {self.lr_schedule!r} is not one of steps, time")
-        elif self.lr_schedule == "time" and not self.max_time:
-            problems.append("lr_schedule=time needs max_time (the cosine runs over those seconds)")
-        if self.patience is not None and self.patience <= 0:
-            problems.append("patience must be positive (or unset)")
-        if isinstance(self.model, dict):
-            self.model = ModelConfig.from_dict(self.model)
-        if problems:
-            raise TinyGemmaError("invalid train config: " + "; ".join(problems))
+        if self.device not in ("auto", "cpu", "cuda", "mps") and not (
+                self.device.startswith("cuda:") and self.device[5:].isdigit()):
+            problems.append(f"device {self.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
+        if self.lr_schedule == "time" and self.max_time is None:
+            problems.append("lr_schedule=time needs max_time (the decay runs over those seconds)")
+        _refuse(problems, "train")
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -316,8 +436,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         """Build from a dict (a TOML/YAML file or config.json["train"]); unknown keys get close matches."""
-        names = [f.name for f in fields(cls)]
-        for key in d:
-            if key not in names:
-                raise TinyGemmaError(f"unknown train config key {key!r}{did_you_mean(key, names)}")
+        if not isinstance(d, dict):
+            raise TinyGemmaError(f"invalid train config: expected a table of TrainConfig fields, got {type(d).__name__}")
+        known_keys(cls, d, "train config")
         return cls(**d)

@@ -4,9 +4,10 @@ A stand-in for TinyStories (Eldan & Li 2023) on machines that cannot reach the H
 Face hub. Every word of it is written by this project; nothing is copied from
 TinyStories or any other data set.
 
-Format: each story is one document whose paragraphs are separated by a single "\\n";
-`write_corpus` separates stories by a blank line, the project's document separator in
-.txt files. Text is plain ASCII (straight quotes and apostrophes).
+Format: each story is one document whose paragraphs are separated by a blank line, as in
+TinyStories; `write_corpus` puts a line `<|endoftext|>` between stories, as TinyStories' own
+text files do, so `prepare` reads each story back as one document. Text is plain ASCII
+(straight quotes and apostrophes).
 
 How it works: a story is one of fifteen plots (lost toy, new friend, fear, sharing,
 helping, trip, mistake and apology, making something, learning a skill, growing a plant,
@@ -30,6 +31,7 @@ from typing import Iterator
 from tinygemma.errors import TinyGemmaError
 from tinygemma.fsutil import atomic_path
 
+STORY_SEPARATOR = "<|endoftext|>\n"  # a line of its own between stories (after the previous story's "\n")
 Beat = tuple[str, ...]
 Paragraph = list[Beat]
 
@@ -654,7 +656,7 @@ PLOTS = (
 
 # ---------------------------------------------------------------- public API
 def story(index: int, seed: int = 0) -> str:
-    """Story number `index` of the stream for `seed`; paragraphs are separated by "\\n"."""
+    """Story number `index` of the stream for `seed`; paragraphs are separated by a blank line."""
     rng = random.Random(f"tinygemma-corpus:{seed}:{index}")
     ctx = _context(rng)
     paragraphs, setup = rng.choice(PLOTS)
@@ -663,7 +665,7 @@ def story(index: int, seed: int = 0) -> str:
     for paragraph in paragraphs:
         sentences = (t.format_map(ctx) for t in map(rng.choice, paragraph))
         out.append(" ".join(s for s in sentences if s))  # "" = a skipped beat
-    return "\n".join(out)
+    return "\n\n".join(out)
 
 
 def iter_stories(seed: int = 0, start: int = 0) -> Iterator[str]:
@@ -677,7 +679,7 @@ def stories(n: int, seed: int = 0) -> list[str]:
 
 
 def write_corpus(path: str | Path, n_bytes: int, seed: int = 0) -> int:
-    """Write stories separated by blank lines, up to `n_bytes` bytes; return the number of stories.
+    """Write stories separated by `<|endoftext|>` lines, up to `n_bytes` bytes; return the number of stories.
 
     Streams to a temporary file that is renamed at the end, so memory stays bounded and a
     crash leaves no partial file. The file never exceeds `n_bytes`, except that at least one
@@ -688,7 +690,7 @@ def write_corpus(path: str | Path, n_bytes: int, seed: int = 0) -> int:
     written, count = 0, 0
     with atomic_path(path) as tmp, open(tmp, "w", encoding="ascii", newline="\n") as f:
         for text in iter_stories(seed):
-            chunk = ("\n" if count else "") + text + "\n"  # "\n" + previous "\n" = blank line between stories
+            chunk = (STORY_SEPARATOR if count else "") + text + "\n"
             if count and written + len(chunk) > n_bytes:
                 break
             f.write(chunk)

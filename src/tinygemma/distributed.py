@@ -115,11 +115,6 @@ def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
     return bool(t.item() > 0)
 
 
-def barrier(info: DistInfo) -> None:
-    if info.enabled:
-        dist.barrier()
-
-
 # ---------------------------------------------------------------- full (unsharded) state for checkpoints
 # The same format whatever the parallelism: plain CPU tensors keyed by parameter name (no "module."
 # prefix, no shards), so a checkpoint from N processes loads in 1 and vice versa.

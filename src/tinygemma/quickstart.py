@@ -14,15 +14,15 @@ import json
 import os
 import socket
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from tinygemma.config import TrainConfig, apply_overrides, model_preset
-from tinygemma.errors import TinyGemmaError
+from tinygemma.config import DATA_DIR, MODEL_DIR, TrainConfig, check_fields, ranged
 from tinygemma.fsutil import atomic_write_json
+from tinygemma.prepare import PrepareOptions, prepare
 
 HUB_DATASET = "roneneldan/TinyStories"
-EVAL_TOKENS = 250_000  # the report scores at most this many validation tokens (about 1 MB of text)
+EVAL_TOKENS = 250_000  # the report scores the whole validation split up to this size (about 1 MB of text)
 STATE_NAME = "quickstart.json"  # beside the model: {"status": "running" | "interrupted" | "done", ...}
 # Without dropout the recipe overfits once it has seen its training data about 8 times (validation loss
 # turns up at ~2M tokens of a 233k-token file, docs/RECIPES.md); past that, dropout 0.2 scored best.
@@ -30,23 +30,21 @@ OVERFIT_EPOCHS = 8.0
 AUTO_DROPOUT = 0.2
 
 
-@dataclass
+@dataclass(frozen=True)
 class Recipe:
-    """A data + model + optimiser recipe; `train_config` turns it into a TrainConfig."""
+    """A tokenizer, a model preset and `--set` overrides of TrainConfig: the quickstart's training recipe.
+
+    `train_config` resolves it, with the time budget and the dropout the data size asks for, through
+    runconfig.resolve_config, the same path `tinygemma train --preset P --set ...` takes."""
 
     tokenizer: str = "bpe:4096"
     preset: str = "mini"
-    model_overrides: list[str] = field(default_factory=list)  # `--set model.*` style, applied to the preset
-    block_size: int = 256
-    batch_size: int = 16
-    lr: float = 3e-3
-    min_lr: float = 3e-4
-    warmup_iters: int = 50
-    weight_decay: float = 0.1
-    eval_interval: int = 100
-    eval_windows: int = 32
-    compile: bool = False
-    dtype: str = "float32"  # "bfloat16": autocast on CPUs with AVX512-BF16/AMX
+    sets: tuple[str, ...] = (
+        "block_size=256", "batch_size=16", "lr=3e-3", "min_lr=3e-4", "warmup_iters=50", "weight_decay=0.1",
+        "eval_interval=100", "eval_windows=32", "checkpoint_interval=100", "compile=false",
+        "dtype=float32",  # bfloat16: autocast on CPUs with AVX512-BF16/AMX
+        "lr_schedule=time", "max_iters=1000000000",  # the time budget (max_time) ends the run
+    )
     dropout: float | None = None  # None: AUTO_DROPOUT when the budget repeats the data > OVERFIT_EPOCHS times, else 0
     tokens_per_s: float = 9_000  # this recipe's speed on a 2-core CPU (docs/RECIPES.md), to predict the epochs
 
@@ -61,19 +59,18 @@ class Recipe:
             return 0.0
         return AUTO_DROPOUT if self.epochs(train_tokens, max_time) > OVERFIT_EPOCHS else 0.0
 
-    def train_config(self, data_dir: str, out_dir: str, vocab_size: int, max_time: float,
-                     train_tokens: int | None = None, **extra) -> TrainConfig:
-        """`train_tokens` (the prepared train split's size) lets dropout follow the expected epochs."""
-        model = model_preset(self.preset, vocab_size=vocab_size)
-        model.dropout = self.dropout_for(train_tokens, max_time)
-        apply_overrides(model, self.model_overrides)
-        return TrainConfig(
-            data_dir=data_dir, out_dir=out_dir, preset=self.preset, model=model, block_size=self.block_size,
-            batch_size=self.batch_size, lr=self.lr, min_lr=self.min_lr, warmup_iters=self.warmup_iters,
-            weight_decay=self.weight_decay, eval_interval=self.eval_interval, eval_windows=self.eval_windows,
-            checkpoint_interval=self.eval_interval, max_iters=10**9, max_time=max_time, lr_schedule="time",
-            compile=self.compile, dtype=self.dtype, **extra,
-        )
+    def overrides(self, max_time: float, train_tokens: int | None = None) -> list[str]:
+        """The recipe as `--set` assignments; a `model.dropout` in `sets` wins over the automatic one."""
+        return [f"model.dropout={self.dropout_for(train_tokens, max_time)}", *self.sets, f"max_time={max_time}"]
+
+    def train_config(self, data_dir: str, out_dir: str, vocab_size: int | None, max_time: float,
+                     train_tokens: int | None = None, **flags) -> TrainConfig:
+        """The resolved TrainConfig; `train_tokens` (the prepared train split's size) lets dropout follow the
+        expected epochs; `flags` are further TrainConfig fields (seed, progress, resume, ...)."""
+        from tinygemma.runconfig import resolve_config
+
+        return resolve_config(self.preset, sets=self.overrides(max_time, train_tokens),
+                              flags={"data_dir": data_dir, "out_dir": out_dir, **flags}, vocab_size=vocab_size)
 
 
 RECIPE = Recipe()
@@ -107,10 +104,9 @@ def _read_state(out_dir: Path) -> dict:
         return {}
 
 
-def _train(cfg: TrainConfig, out_dir: Path, resume: bool) -> dict:
+def _train(cfg: TrainConfig, out_dir: Path) -> dict:
     from tinygemma.train import train
 
-    cfg.resume = resume
     atomic_write_json(out_dir / STATE_NAME, {"status": "running", "data_dir": cfg.data_dir, "max_time": cfg.max_time,
                                             "dropout": cfg.model.dropout})
     summary = train(cfg)
@@ -125,6 +121,7 @@ def _train(cfg: TrainConfig, out_dir: Path, resume: bool) -> dict:
 
 def _report(out_dir: Path, data_dir: str, block_size: int, stories: int, seed: int) -> None:
     from tinygemma.checkpoint import load_model
+    from tinygemma.data import read_meta
     from tinygemma.evaluate import evaluate_split
     from tinygemma.generate import generate
 
@@ -135,7 +132,8 @@ def _report(out_dir: Path, data_dir: str, block_size: int, stories: int, seed: i
         print(f"\n[{i + 1}] {text.strip()}")
     ev = evaluate_split(model, data_dir, "validation", block_size=block_size, max_tokens=EVAL_TOKENS)
     print(f"\nvalidation: loss {ev['loss']:.4f} nats/token, perplexity {ev['ppl']:.2f}, "
-          f"{ev['bpb']:.4f} bits per byte ({ev['tokens']:,} tokens)")
+          f"{ev['bpb']:.4f} bits per byte")
+    print(f"  {_scored(ev, read_meta(data_dir))}")
     print(f"loss plot: {out_dir / 'loss.png'}")
     print(f"model:     {out_dir / 'best_model_params.pt'} (+ config.json)")
     print("\nnext:")
@@ -144,38 +142,68 @@ def _report(out_dir: Path, data_dir: str, block_size: int, stories: int, seed: i
     print(f"  tinygemma export --format hf --checkpoint {out_dir} --out {out_dir}/hf")
 
 
-def quickstart(source: str | None = None, val_source: str | None = None, minutes: float = 10.0,
-               data_dir: str = "data/processed_datasets", out_dir: str = "data/models", hub_mb: float = 50.0,
-               builtin_mb: float = 20.0, fresh: bool = False, seed: int = 1337, recipe: Recipe = RECIPE,
-               num_proc: int | None = None, progress: bool = True) -> dict:
-    """Prepare (or reuse) data, train the recipe for `minutes`, print stories and scores; return the summary."""
-    from tinygemma.prepare import prepare
+def _scored(ev: dict, meta: dict) -> str:
+    """Which text a validation figure covers, in words."""
+    src = meta["source"]["validation"]
+    how = meta["source"].get("holdout", {}).get("method")
+    text = {"hash": f"the documents held out of {src}", "tail": f"the end of {src}"}.get(how, src)
+    whole = ev["documents"] == ev["split_documents"]
+    part = "the whole split" if whole else f"the first {ev['documents']:,} of its {ev['split_documents']:,} documents"
+    return f"scored on {ev['documents']:,} documents, {ev['bytes']:,} bytes of {text}, {part} ({ev['tokens']:,} tokens)"
 
-    if minutes <= 0:
-        raise TinyGemmaError(f"--time must be positive (minutes), got {minutes}")
-    src, why = choose_source(source, hub_mb)
+
+@dataclass(frozen=True, kw_only=True)
+class QuickstartOptions:
+    """What `tinygemma quickstart` takes (its flags, with their defaults)."""
+
+    source: str | None = None  # anything prepare takes; None: hub TinyStories if reachable, else builtin
+    val_source: str | None = None
+    doc_split: str = "auto"
+    minutes: float = ranged(10.0, gt=0)  # the training budget (--time)
+    data_dir: str = DATA_DIR
+    out_dir: str = MODEL_DIR
+    hub_mb: float = ranged(50.0, gt=0)  # MB of TinyStories streamed from the hub
+    builtin_mb: float = ranged(20.0, gt=0)  # MB of built-in stories to train on
+    fresh: bool = False  # start over instead of resuming an interrupted run
+    seed: int = ranged(1337, ge=0)
+    num_proc: int | None = ranged(None, ge=1)  # processes for tokenizing (None: every core)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_fields(self, "quickstart")
+
+    def prepare_options(self, source: str, tokenizer: str) -> PrepareOptions:
+        """What prepare makes of them: the chosen source, the recipe's tokenizer, 1/10 of the stories for validation."""
+        return PrepareOptions(source=source, val_source=self.val_source, tokenizer=tokenizer, out=self.data_dir,
+                              num_proc=self.num_proc, doc_split=self.doc_split, builtin_mb=self.builtin_mb,
+                              builtin_val_mb=min(1.0, self.builtin_mb / 10),
+                              hf_mb=self.hub_mb if source.startswith("hf:") else None, progress=self.progress)
+
+
+def quickstart(opts: QuickstartOptions = QuickstartOptions(), recipe: Recipe = RECIPE) -> dict:
+    """Prepare (or reuse) data, train the recipe for opts.minutes, print stories and scores; return the summary."""
+    src, why = choose_source(opts.source, opts.hub_mb)
     print(why, flush=True)
-    meta = prepare(src, val_source=val_source, tokenizer=recipe.tokenizer, out=data_dir, num_proc=num_proc,
-                   builtin_mb=builtin_mb, builtin_val_mb=min(1.0, builtin_mb / 10), hf_mb=hub_mb if src.startswith("hf:") else None, progress=progress)
-    out = Path(out_dir)
+    meta = prepare(opts.prepare_options(src, recipe.tokenizer))
+    out = Path(opts.out_dir)
     state = _read_state(out)
-    resume = (not fresh and state.get("status") in ("running", "interrupted") and state.get("data_dir") == data_dir
-              and (out / "last.pt").exists())
+    resume = (not opts.fresh and state.get("status") in ("running", "interrupted")
+              and state.get("data_dir") == opts.data_dir and (out / "last.pt").exists())
     if resume:
         print(f"resuming the interrupted quickstart in {out} from step {state.get('step', '?')} "
               "(pass --fresh to start over)", flush=True)
         if state.get("dropout") is not None:  # the run's own, even if --time (and so the epochs) changed
             recipe = replace(recipe, dropout=state["dropout"])
-    cfg = recipe.train_config(data_dir, out_dir, meta["tokenizer"]["vocab_size"], max_time=minutes * 60,
-                              train_tokens=meta["train"]["tokens"], seed=seed, sample_every_eval=True,
-                              progress=progress, force=not resume)
-    epochs = recipe.epochs(meta["train"]["tokens"], minutes * 60)
+    max_time, train_tokens = opts.minutes * 60, meta["train"]["tokens"]
+    cfg = recipe.train_config(opts.data_dir, opts.out_dir, meta["tokenizer"]["vocab_size"], max_time=max_time,
+                              train_tokens=train_tokens, seed=opts.seed, sample_every_eval=True,
+                              progress=opts.progress, force=not resume, resume=resume)
     print(f"recipe: {recipe.preset}, {recipe.tokenizer}, dropout {cfg.model.dropout:g} "
-          f"(about {epochs:.1f} passes over {meta['train']['tokens']:,} training tokens in {minutes:g} min "
-          f"on a 2-core CPU)", flush=True)
+          f"(about {recipe.epochs(train_tokens, max_time):.1f} passes over {train_tokens:,} training tokens in "
+          f"{opts.minutes:g} min on a 2-core CPU)", flush=True)
     t0 = time.time()
-    summary = _train(cfg, out, resume)
+    summary = _train(cfg, out)
     print(f"trained {summary['step']:,} steps, {summary['tokens_seen']:,} tokens in {time.time() - t0:.0f} s "
           f"({summary['stop_reason']})", flush=True)
-    _report(out, data_dir, recipe.block_size, stories=3, seed=seed)
+    _report(out, opts.data_dir, cfg.block_size, stories=3, seed=opts.seed)
     return summary

@@ -1,15 +1,13 @@
 """Reading text sources as a stream of small, picklable tasks that workers turn into documents.
 
-A source is `hf:NAME`, `builtin`, a file (.txt/.md, .jsonl, .json, .parquet; other
-suffixes are read as text), a directory (every such file under it, sorted) or a glob.
+A source is `hf:NAME`, `builtin`, a file (.txt/.md, .jsonl, .json, .parquet; other suffixes
+are read as text), a directory (every such file under it, sorted) or a glob. How a text file
+is cut into documents, and a long document into pieces, is tinygemma.documents'.
 
-Files are read in blocks of ~`chunk_bytes` cut just after a document separator, so a
-task never splits a document and the documents are the same for every chunk size and
-every number of workers. Parsing (UTF-8 decoding, splitting, JSON) happens in the
-worker that encodes the task; the reading process only moves bytes.
-
-Documents are stripped of leading/trailing whitespace; empty ones are dropped.
-Undecodable bytes are replaced by U+FFFD and counted (meta.json `replaced_chars`).
+Files are read in blocks of ~`chunk_bytes`; a task never splits a document (a long one comes
+in pieces cut by a rule that looks only at its text), so the documents are the same for
+every chunk size and every number of workers. Parsing (UTF-8 decoding, splitting, JSON)
+happens in the worker that encodes the task; the reading process only moves bytes.
 """
 
 from __future__ import annotations
@@ -18,72 +16,59 @@ import glob
 import hashlib
 import json
 import os
-import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterator
 
+from tinygemma.config import check_fields, ranged
+from tinygemma.documents import Piece, TailCut, Task, decode_utf8, file_separator, find_tail_cut, parse_text, \
+    read_range, str_pieces, text_tasks
 from tinygemma.errors import TinyGemmaError
 
 TEXT_SUFFIXES = {".txt", ".text", ".md"}
 JSONL_SUFFIXES = {".jsonl", ".ndjson"}
 KNOWN_SUFFIXES = TEXT_SUFFIXES | JSONL_SUFFIXES | {".json", ".parquet"}
-BLANK_LINES = re.compile(r"\n\s*\n")  # one or more blank (whitespace-only) lines
 SPLITS = ("train", "validation")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SourceOptions:
     """How documents are read; part of the settings hash that makes re-runs no-ops."""
 
     text_field: str = "text"  # .jsonl/.json/.parquet/hf column holding the text
-    doc_split: str = "blank"  # text files: "blank" lines, one doc per "line", or a literal separator
-    builtin_mb: float = 20.0  # size of the builtin train split (validation: builtin_val_mb)
-    builtin_val_mb: float = 1.0
-    seed: int = 0  # builtin corpus seed (validation uses seed + 1)
-    hf_mb: float | None = None  # hf: stream only the first hf_mb MB of each split (None: download it all)
-    chunk_bytes: int = 1 << 20  # ~text per task; not part of the output (any value gives the same bytes)
+    doc_split: str = "auto"  # text files: "auto", "line", "blank" or a literal separator (tinygemma.documents)
+    builtin_mb: float = ranged(20.0, gt=0)  # size of the builtin train split (validation: builtin_val_mb)
+    builtin_val_mb: float = ranged(1.0, gt=0)
+    seed: int = ranged(0, ge=0)  # builtin corpus seed (validation uses seed + 1)
+    hf_mb: float | None = ranged(None, gt=0)  # hf: stream only the first hf_mb MB of each split (None: all of it)
+    segment_bytes: int = ranged(1 << 20, ge=16)  # a longer document is tokenized in pieces of at most this many bytes
+    chunk_bytes: int = ranged(1 << 20, ge=1)  # ~text per task; not part of the output (any value gives the same bytes)
+
+    def __post_init__(self) -> None:
+        check_fields(self, "source")
+
+    def reading(self) -> "SourceOptions":
+        """Just the reading options (of a subclass such as prepare.PrepareOptions), for the worker processes."""
+        return SourceOptions(**{f.name: getattr(self, f.name) for f in fields(SourceOptions)})
 
     def settings(self) -> dict:
-        d = asdict(self)
-        d.pop("chunk_bytes")
-        return d
+        """The options that change the output (all but chunk_bytes)."""
+        return {f.name: getattr(self, f.name) for f in fields(SourceOptions) if f.name != "chunk_bytes"}
 
 
-# A task is ("text", bytes, doc_split) | ("jsonl", bytes, field, origin) | ("docs", list[str]).
-Task = tuple
-
-
-def parse_task(task: Task) -> tuple[list[str], int]:
-    """Task -> (documents, number of undecodable byte sequences replaced)."""
-    kind = task[0]
-    if kind == "docs":
-        return task[1], 0
-    text, replaced = decode_utf8(task[1])
-    if kind == "text":
-        return split_documents(text, task[2]), replaced
-    if kind == "jsonl":
-        docs = [_field(json_line(line, task[3]), task[2], task[3]) for line in text.split("\n") if line.strip()]
-        return [d.strip() for d in docs if d.strip()], replaced
-    raise ValueError(f"unknown task kind {kind!r}")
-
-
-def decode_utf8(raw: bytes) -> tuple[str, int]:
-    try:
-        return raw.decode("utf-8"), 0
-    except UnicodeDecodeError:
-        text = raw.decode("utf-8", errors="replace")
-        return text, text.count("\ufffd") - raw.count("\ufffd".encode())
-
-
-def split_documents(text: str, doc_split: str) -> list[str]:
-    if doc_split == "blank":
-        parts = BLANK_LINES.split(text)
-    elif doc_split == "line":
-        parts = text.split("\n")
-    else:
-        parts = text.split(doc_split)
-    return [p.strip() for p in parts if p and not p.isspace()]
+# ---------------------------------------------------------------- worker side
+def parse_task(task: Task, opts: SourceOptions) -> tuple[list[Piece], int]:
+    """Task -> (its documents' pieces in order, number of undecodable byte sequences replaced)."""
+    if task.kind == "docs":
+        return str_pieces(task.data, opts.segment_bytes), 0
+    if task.kind == "jsonl":
+        text, replaced = decode_utf8(task.data)
+        docs = [_field(json_line(line, task.origin), opts.text_field, task.origin)
+                for line in text.split("\n") if line.strip()]
+        return str_pieces(docs, opts.segment_bytes), replaced
+    if task.kind == "text":
+        return parse_text(task, opts.segment_bytes)
+    raise ValueError(f"unknown task kind {task.kind!r}")
 
 
 def json_line(line: str, origin: str):
@@ -124,6 +109,10 @@ def resolve_files(source: str) -> list[Path]:
     return files
 
 
+def is_text_file(path: Path) -> bool:
+    return path.suffix.lower() not in KNOWN_SUFFIXES - TEXT_SUFFIXES
+
+
 def describe_inputs(source: str, opts: SourceOptions) -> list:
     """What identifies a source's content cheaply (file path, size, mtime): for the no-op check."""
     if source == "builtin":
@@ -136,7 +125,7 @@ def describe_inputs(source: str, opts: SourceOptions) -> list:
 
 
 def has_validation(source: str) -> bool:
-    """Whether the source brings its own validation split (else prepare holds out documents)."""
+    """Whether the source brings its own validation split (else prepare holds out part of it)."""
     if source == "builtin":
         return True
     if source.startswith("hf:"):
@@ -144,21 +133,31 @@ def has_validation(source: str) -> bool:
     return False
 
 
-def iter_tasks(source: str, split: str, opts: SourceOptions) -> Iterator[Task]:
-    """Tasks for one split of a source (`split` matters only for hf: and builtin)."""
+def iter_tasks(source: str, split: str, opts: SourceOptions, tail: TailCut | None = None) -> Iterator[Task]:
+    """Tasks for one split of a source (`split` matters for hf: and builtin, and for files with a `tail` cut)."""
     if source == "builtin":
         yield from _builtin_tasks(split, opts)
     elif source.startswith("hf:"):
         yield from _hf_tasks(source[3:], split, opts)
     else:
-        for path in resolve_files(source):
-            yield from _file_tasks(path, opts)
+        for path, start, end in _file_ranges(resolve_files(source), split, tail):
+            yield from _file_tasks(path, start, end, opts)
 
 
-def iter_documents(source: str, split: str, opts: SourceOptions) -> Iterator[str]:
-    """The documents of a source, read sequentially in this process (BPE training, tests)."""
-    for task in iter_tasks(source, split, opts):
-        yield from parse_task(task)[0]
+def iter_pieces(source: str, split: str, opts: SourceOptions, tail: TailCut | None = None) -> Iterator[Piece]:
+    """The pieces of a source's documents, read sequentially in this process (BPE training, counting, tests)."""
+    for task in iter_tasks(source, split, opts, tail):
+        yield from parse_task(task, opts)[0]
+
+
+def count_documents(source: str, opts: SourceOptions, limit: int) -> int:
+    """How many documents a file source has, counting no further than `limit`."""
+    n = 0
+    for piece in iter_pieces(source, "train", opts):
+        n += piece.opens
+        if n >= limit:
+            break
+    return n
 
 
 def source_bytes(source: str) -> int | None:
@@ -168,46 +167,50 @@ def source_bytes(source: str) -> int | None:
     return sum(p.stat().st_size for p in resolve_files(source))
 
 
+def tail_cut(source: str, opts: SourceOptions, fraction: float) -> TailCut:
+    """Where a validation split cut off the end of a text-file source begins (documents.find_tail_cut)."""
+    return find_tail_cut(resolve_files(source), opts.doc_split, fraction, opts.segment_bytes)
+
+
+def _file_ranges(files: list[Path], split: str, tail: TailCut | None) -> Iterator[tuple[Path, int, int | None]]:
+    """(file, first byte, end byte or None) of a split: every file, or the files before / after a tail cut."""
+    if tail is None:
+        yield from ((p, 0, None) for p in files)
+        return
+    k = [str(p) for p in files].index(tail.path)
+    if split == "train":
+        yield from ((p, 0, None) for p in files[:k])
+        if tail.offset > 0:
+            yield files[k], 0, tail.offset
+    else:
+        yield files[k], tail.offset, None
+        yield from ((p, 0, None) for p in files[k + 1 :])
+
+
 # ---------------------------------------------------------------- files
-def _file_tasks(path: Path, opts: SourceOptions) -> Iterator[Task]:
+def _file_tasks(path: Path, start: int, end: int | None, opts: SourceOptions) -> Iterator[Task]:
     suffix = path.suffix.lower()
-    if suffix in JSONL_SUFFIXES or (suffix == ".json" and not _starts_with(path, b"[")):
-        for block in _blocks(path, opts.chunk_bytes, [b"\n"]):
-            yield ("jsonl", block, opts.text_field, str(path))
+    if is_text_file(path):
+        yield from text_tasks(path, start, end, file_separator(path, opts.doc_split), opts.chunk_bytes,
+                              opts.segment_bytes)
+    elif suffix in JSONL_SUFFIXES or (suffix == ".json" and not _starts_with(path, b"[")):
+        for block in _blocks(path, opts.chunk_bytes):
+            yield Task("jsonl", block, str(path))
     elif suffix == ".json":
         yield from _json_array_tasks(path, opts)
-    elif suffix == ".parquet":
-        yield from _parquet_tasks(path, opts)
     else:
-        yield from (("text", b, opts.doc_split) for b in _blocks(path, opts.chunk_bytes, _cuts(opts.doc_split)))
+        yield from _parquet_tasks(path, opts)
 
 
-def _cuts(doc_split: str) -> list[bytes]:
-    """Byte strings a block may be cut after without changing the documents."""
-    if doc_split == "blank":
-        return [b"\n\n", b"\n\r\n"]  # the cut falls inside a run of blank lines; both sides are stripped
-    if doc_split == "line":
-        return [b"\n"]
-    return [doc_split.encode("utf-8")]
-
-
-def _blocks(path: Path, size: int, cuts: list[bytes]) -> Iterator[bytes]:
-    """~`size`-byte blocks of a file, each ending just after one of `cuts` (or at end of file)."""
-    with open(path, "rb") as f:
-        carry = f.read(3)
-        if carry == b"\xef\xbb\xbf":  # a UTF-8 byte-order mark is not text
-            carry = b""
-        while True:
-            data = f.read(size)
-            if not data:
-                break
-            buf = carry + data
-            end = max((buf.rfind(c) + len(c) if buf.rfind(c) >= 0 else -1) for c in cuts)
-            if end <= 0:  # no separator yet: one long document keeps growing
-                carry = buf
-                continue
+def _blocks(path: Path, size: int) -> Iterator[bytes]:
+    """~`size`-byte blocks of a JSON-lines file, each ending just after a newline (or at end of file)."""
+    carry = b""
+    for data in read_range(path, 0, None, size):
+        buf = carry + data
+        end = buf.rfind(b"\n") + 1
+        if end:
             yield buf[:end]
-            carry = buf[end:]
+        carry = buf[end:]
     if carry:
         yield carry
 
@@ -245,16 +248,13 @@ def _doc_tasks(docs: Iterator[str], chunk_bytes: int) -> Iterator[Task]:
     """Group in-memory documents into tasks of ~chunk_bytes characters."""
     batch, size = [], 0
     for doc in docs:
-        doc = doc.strip()
-        if not doc:
-            continue
         batch.append(doc)
         size += len(doc)
         if size >= chunk_bytes:
-            yield ("docs", batch)
+            yield Task("docs", batch)
             batch, size = [], 0
     if batch:
-        yield ("docs", batch)
+        yield Task("docs", batch)
 
 
 # ---------------------------------------------------------------- builtin and hf
@@ -264,7 +264,7 @@ def _builtin_tasks(split: str, opts: SourceOptions) -> Iterator[Task]:
     mb = opts.builtin_mb if split == "train" else opts.builtin_val_mb
     seed = opts.seed if split == "train" else opts.seed + 1
 
-    yield from _doc_tasks(_first_mb(iter_stories(seed), mb), opts.chunk_bytes)
+    yield from _doc_tasks(first_mb(iter_stories(seed), mb), opts.chunk_bytes)
 
 
 def _hf_split_names(name: str) -> list[str]:
@@ -291,11 +291,13 @@ def _hf_tasks(name: str, split: str, opts: SourceOptions) -> Iterator[Task]:
         raise TinyGemmaError(f"hf:{name} has no column {opts.text_field!r} (columns: {ds.column_names}); "
                              "pass --text-field NAME")
     docs = (d for batch in ds.iter(batch_size=1000) for d in batch[opts.text_field] if d)
-    yield from _doc_tasks(_first_mb(docs, opts.hf_mb), opts.chunk_bytes)
+    yield from _doc_tasks(first_mb(docs, opts.hf_mb), opts.chunk_bytes)
 
 
-def _first_mb(docs: Iterator[str], mb: float | None) -> Iterator[str]:
-    """The documents until `mb` MB of text have been passed (all of them when mb is None)."""
+def first_mb(docs: Iterator[str], mb: float | None) -> Iterator[str]:
+    """The documents until `mb` MB (10^6 UTF-8 bytes) of text have been passed (all of them when mb is None).
+
+    Every "first N MB" limit counts this way: --builtin-mb, --hf-mb, --bpe-train-mb."""
     total = 0
     for doc in docs:
         if mb is not None and total >= mb * 1e6:

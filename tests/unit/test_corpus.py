@@ -17,7 +17,7 @@ SPEECH_TAGS = {"said", "asked", "cried", "shouted", "called", "he", "she", "the"
 
 
 def sentences(text: str) -> list[str]:
-    return [s for paragraph in text.split("\n") for s in SENTENCE_END.split(paragraph)]
+    return [s for paragraph in text.split("\n\n") for s in SENTENCE_END.split(paragraph)]
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +43,8 @@ def test_story_i_does_not_depend_on_earlier_stories():
 
 def test_story_shape(first_1000):
     for text in first_1000[:200]:
-        paragraphs = text.split("\n")
-        assert len(paragraphs) >= 3 and all(p.strip() == p and p for p in paragraphs)
+        paragraphs = text.split("\n\n")  # separated by a blank line, as in TinyStories
+        assert len(paragraphs) >= 3 and all(p.strip() == p and p and "\n" not in p for p in paragraphs)
         assert 60 <= len(text.split()) <= 400
         assert text.isascii()
 
@@ -101,13 +101,16 @@ def test_pronoun_slots_match_the_character():
             assert hero["name"] in (corpus.GIRLS if hero["kind"] == "girl" else corpus.BOYS)
 
 
-def test_write_corpus_is_close_to_the_size(tmp_path):
+def test_write_corpus_is_close_to_the_size_and_prepares_back_into_its_stories(tmp_path):
+    from tinygemma.sources import SourceOptions, iter_pieces
+
     path = tmp_path / "builtin.txt"
     count = write_corpus(path, 200_000, seed=1)
     data = path.read_text()
     assert 200_000 - 2_000 < len(data.encode()) <= 200_000
-    docs = data.rstrip("\n").split("\n\n")
+    docs = data.rstrip("\n").split("\n<|endoftext|>\n")  # TinyStories' own format
     assert len(docs) == count and docs == stories(count, seed=1)
+    assert [p.text for p in iter_pieces(str(path), "train", SourceOptions())] == docs  # paragraphs kept
     assert not list(tmp_path.glob(".*.tmp"))
 
 

@@ -7,38 +7,45 @@ import numpy as np
 import pytest
 import torch
 
-from tinygemma.data import BatchSampler, get_batch, inspect, load_split, read_meta
-from tinygemma.prepare import is_held_out, prepare
+from tinygemma.data import BatchSampler, get_batch, inspect, load_split, read_meta, write_prepared
+from tinygemma.prepare import PrepareOptions, is_held_out, prepare
 from tinygemma.errors import TinyGemmaError
+from tinygemma.documents import PARAGRAPH_BREAK, literal_separator
+from tinygemma.sources import SourceOptions, first_mb, iter_pieces
 from tinygemma.tokenizer import load_tokenizer
 
 WORDS = "the cat dog sun tree ran jumped happy little big red blue saw friend park ball".split()
+SEP = "\n<|endoftext|>\n"  # TinyStories' own text files: a line between stories
 
 
 def make_docs(n: int, seed: int = 0) -> list[str]:
-    """Documents of 1-3 paragraphs (single newlines inside), some with non-ASCII text."""
+    """Documents of 1-4 paragraphs (blank lines between them, some lines inside), some with non-ASCII text."""
     rng = np.random.default_rng(seed)
     docs = []
     for i in range(n):
-        paras = [" ".join(rng.choice(WORDS, size=rng.integers(3, 15))).capitalize() + "."
-                 for _ in range(rng.integers(1, 4))]
+        paras = ["\n".join(" ".join(rng.choice(WORDS, size=rng.integers(3, 15))).capitalize() + "."
+                           for _ in range(rng.integers(1, 3))) for _ in range(rng.integers(1, 5))]
         if i % 7 == 0:
             paras.append("Zoë ate crème brûlée 🙂 with 小明.")
-        docs.append(f"Story {i}: " + "\n".join(paras))
+        docs.append(f"Story {i}: " + "\n\n".join(paras))
     return docs
 
 
 def decode_docs(data_dir, split) -> list[str]:
-    """Split a .bin at the end-of-text ids and decode each document."""
+    """Split a .bin at the end-of-text ids and decode each document (without its bos)."""
     meta = read_meta(data_dir)
     tok = load_tokenizer(meta["tokenizer"], base_dir=data_dir)
     ids = np.asarray(load_split(data_dir, split, verify=True))
     ends = np.flatnonzero(ids == tok.eot_id)
     assert len(ends) == meta[split]["documents"] and ends[-1] == len(ids) - 1  # every doc is followed by eot
-    return [tok.decode(seg[:-1]) for seg in np.split(ids, ends + 1)[:-1]]
+    docs = np.split(ids, ends + 1)[:-1]
+    if tok.bos_id is not None:
+        assert all(d[0] == tok.bos_id for d in docs)  # ... and preceded by bos
+        docs = [d[1:] for d in docs]
+    return [tok.decode(d[:-1]) for d in docs]
 
 
-def write_txt(path, docs, sep="\n\n"):
+def write_txt(path, docs, sep=SEP):
     path.write_text(sep.join(docs) + "\n", encoding="utf-8")
     return path
 
@@ -48,27 +55,123 @@ def run(tmp_path, source, val_docs=None, **kw):
     if val_docs is not None:
         kw["val_source"] = str(write_txt(tmp_path / "val.txt", val_docs))
     kw.setdefault("num_proc", 1)
-    return prepare(str(source), out=tmp_path / "out", quiet=True, **kw)
+    return prepare(PrepareOptions(source=str(source), out=tmp_path / "out", quiet=True, **kw))
 
 
 TRAIN, VAL = make_docs(60), make_docs(8, seed=1)
 
 
-# ---------------------------------------------------------------- round trips per source format
-@pytest.mark.parametrize("sep,flag", [("\n\n", "blank"), ("\n\n\n \n", "blank"), ("\n<|endoftext|>\n", "<|endoftext|>")])
-def test_txt_round_trip(tmp_path, sep, flag):
+# ---------------------------------------------------------------- documents in text files
+@pytest.mark.parametrize("sep,flag", [(SEP, "auto"), ("<|endoftext|>", "auto"), ("\n\n\n\n", r"\n\n\n\n"),
+                                      ("\n@@\n", "@@"), (SEP, "<|endoftext|>")])
+def test_txt_round_trip_keeps_blank_lines_inside_documents(tmp_path, sep, flag):
     val = str(write_txt(tmp_path / "v.txt", VAL, sep))  # --doc-split applies to both sources
     meta = run(tmp_path, write_txt(tmp_path / "t.txt", TRAIN, sep), val_source=val, doc_split=flag)
     assert decode_docs(tmp_path / "out", "train") == TRAIN
     assert decode_docs(tmp_path / "out", "validation") == VAL
     assert meta["train"]["bytes"] == sum(len(d.encode()) for d in TRAIN)
-    assert meta["dtype"] == "uint16"
+    assert meta["train"]["paragraphs"] == sum(d.count("\n\n") + 1 for d in TRAIN)
+    assert meta["dtype"] == "uint16" and meta["format_version"] == 2
 
 
-def test_txt_one_doc_per_line_round_trip(tmp_path):
+@pytest.mark.parametrize("tokenizer", ["gpt2", "bpe:400"])
+def test_a_file_without_separator_is_one_document_and_round_trips_exactly(tmp_path, tokenizer):
+    text = "\n\n".join(TRAIN) + "\n\n  \n\n" + "\n\n\n".join(VAL)  # paragraphs, odd blank lines and all
+    src = tmp_path / "book.txt"
+    src.write_text("\n\n" + text + "\n\n\n")
+    meta = run(tmp_path, src, val_docs=["Another text."], tokenizer=tokenizer)
+    assert decode_docs(tmp_path / "out", "train") == [text]
+    assert meta["train"]["documents"] == 1 and meta["train"]["paragraphs"] == len(PARAGRAPH_BREAK.split(text))
+
+
+def test_a_long_document_is_cut_into_pieces_the_same_way_for_any_chunk_size(tmp_path):
+    text = "\n\n".join(TRAIN * 3)
+    src = tmp_path / "book.txt"
+    src.write_text(text + SEP + text[::-1] + "\n")
+    hashes = set()
+    for chunk in (37, 500, 1 << 20):
+        for num_proc in (1, 2):
+            meta = run(tmp_path, src, VAL, segment_bytes=700, chunk_bytes=chunk, num_proc=num_proc, force=True)
+            hashes.add(meta["train"]["sha256"])
+    assert len(hashes) == 1 and meta["train"]["documents"] == 2
+    assert decode_docs(tmp_path / "out", "train") == [text, text[::-1].strip()]
+
+
+def test_pieces_of_a_long_document_are_at_most_segment_bytes_and_end_at_paragraphs(tmp_path):
+    text = "\n\n".join(TRAIN)
+    (tmp_path / "book.txt").write_text(text)
+    pieces = list(iter_pieces(str(tmp_path / "book.txt"), "train", SourceOptions(segment_bytes=500, chunk_bytes=64)))
+    assert len(pieces) > 10 and "".join(p.text for p in pieces) == text
+    assert [p.opens for p in pieces] == [True] + [False] * (len(pieces) - 1) and pieces[-1].closes
+    assert all(len(p.text.encode()) <= 500 and p.text.endswith("\n\n") for p in pieces[:-1])
+
+
+def test_a_separator_less_source_still_gets_a_validation_split_from_its_end(tmp_path, capsys):
+    text = "\n\n".join(TRAIN)
+    src = tmp_path / "book.txt"
+    src.write_text(text + "\n")
+    meta = prepare(PrepareOptions(source=str(src), out=tmp_path / "out", num_proc=1, val_fraction=0.1))
+    train, (val,) = decode_docs(tmp_path / "out", "train"), decode_docs(tmp_path / "out", "validation")
+    assert len(train) == 1 and train[0] + "\n\n" + val == text  # cut at a paragraph break
+    assert 0.05 < len(val) / len(text) < 0.15
+    how = meta["source"]["holdout"]
+    assert how["method"] == "tail" and how["boundary"] == "paragraph" and text.encode()[how["offset"]:].startswith(val.encode())
+    err = capsys.readouterr().err
+    assert "the last 10% of the text" in err and "train: 1 document," in err and "paragraphs per document" in err
+
+
+def test_too_few_documents_for_the_hash_split_use_the_tail_at_a_document_boundary(tmp_path):
+    meta = run(tmp_path, write_txt(tmp_path / "t.txt", TRAIN), val_fraction=0.05)  # 60 < 10 / 0.05
+    train, val = decode_docs(tmp_path / "out", "train"), decode_docs(tmp_path / "out", "validation")
+    assert train + val == TRAIN and len(val) >= 2 and meta["source"]["holdout"]["boundary"] == "document"
+
+
+def test_a_folder_of_separator_less_files_is_one_document_per_file(tmp_path):
+    (tmp_path / "src").mkdir()
+    for i, d in enumerate(TRAIN[:5]):
+        (tmp_path / "src" / f"{i}.txt").write_text(d + "\n")
+    run(tmp_path, tmp_path / "src", VAL)
+    assert decode_docs(tmp_path / "out", "train") == TRAIN[:5]
+
+
+def test_one_doc_per_line_and_legacy_blank_split(tmp_path):
     lines = [d.replace("\n", " ") for d in TRAIN]
     run(tmp_path, write_txt(tmp_path / "t.txt", lines, "\n"), VAL, doc_split="line")
     assert decode_docs(tmp_path / "out", "train") == lines
+    run(tmp_path, write_txt(tmp_path / "t.txt", TRAIN, "\n\n \n"), VAL, doc_split="blank", force=True)
+    assert decode_docs(tmp_path / "out", "train") == [p for d in TRAIN for p in d.split("\n\n")]  # paragraphs
+
+
+def test_a_bos_tokenizer_opens_every_document_with_bos(tmp_path):
+    """A tokenizer.json with <bos> (as gemma3's): [bos] doc eot per document, in prepared data and in eval."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    tok.train_from_iterator(TRAIN, trainers.BpeTrainer(vocab_size=400, special_tokens=["<eos>", "<bos>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.save(str(tmp_path / "tokenizer.json"))
+    meta = run(tmp_path, write_txt(tmp_path / "t.txt", TRAIN), VAL, tokenizer=str(tmp_path / "tokenizer.json"))
+    assert meta["tokenizer"]["bos_id"] == 1 and meta["train"]["tokens"] > 0
+    assert decode_docs(tmp_path / "out", "train") == TRAIN  # checks the bos in front of each document
+
+
+def test_version_1_data_is_read_only_without_bos(tmp_path):
+    run(tmp_path, write_txt(tmp_path / "t.txt", TRAIN), VAL)
+    meta = read_meta(tmp_path / "out")
+    (tmp_path / "out" / "meta.json").write_text(json.dumps({**meta, "format_version": 1}))
+    assert len(load_split(tmp_path / "out", "train")) == meta["train"]["tokens"]  # gpt2: the layout is unchanged
+    bos = {**meta, "format_version": 1, "tokenizer": {**meta["tokenizer"], "bos_id": 7}}
+    (tmp_path / "out" / "meta.json").write_text(json.dumps(bos))
+    with pytest.raises(TinyGemmaError, match="re-run `tinygemma prepare --force`"):
+        read_meta(tmp_path / "out")
+
+
+def test_literal_separator_escapes():
+    assert literal_separator(r"\n\n\n") == "\n\n\n" and literal_separator("§ \\t") == "§ \t"
+    assert literal_separator("<|endoftext|>") == "<|endoftext|>"
+    with pytest.raises(TinyGemmaError, match="doc-split"):
+        literal_separator("")
 
 
 def test_jsonl_json_and_parquet_round_trip(tmp_path):
@@ -97,19 +200,26 @@ def test_directory_and_glob_read_files_in_sorted_order(tmp_path):
     assert decode_docs(tmp_path / "out", "train") == TRAIN[20:]
 
 
+def test_every_first_mb_limit_counts_utf8_bytes():
+    docs = ["é" * 400_000, "b", "c"]  # 800,000 bytes in 400,000 characters
+    assert list(first_mb(iter(docs), 0.5)) == docs[:1]  # past 0.5 MB after the first, counted in bytes
+    assert list(first_mb(iter(docs), None)) == docs
+
+
 def test_builtin_source_round_trip(tmp_path):
     from tinygemma.corpus import iter_stories
 
-    meta = prepare("builtin", out=tmp_path, builtin_mb=0.02, builtin_val_mb=0.005, num_proc=1, quiet=True)
+    meta = prepare(PrepareOptions(source="builtin", out=tmp_path, builtin_mb=0.02, builtin_val_mb=0.005, num_proc=1,
+                                  quiet=True))
     train = decode_docs(tmp_path, "train")
     stories = iter_stories(0)
     assert train == [next(stories).strip() for _ in train]
     assert decode_docs(tmp_path, "validation")[0] == next(iter_stories(1)).strip()  # its own seed
-    assert meta["train"]["bytes"] >= 20_000 and meta["source"]["validation_split"] == "given"
+    assert meta["train"]["bytes"] >= 20_000 and meta["source"]["holdout"] == {"method": "given"}
 
 
 def test_block_size_does_not_change_documents(tmp_path):
-    src = write_txt(tmp_path / "t.txt", TRAIN, "\n\n \n\n")
+    src = write_txt(tmp_path / "t.txt", TRAIN, "\n\n<|endoftext|>\n \n")
     a = run(tmp_path, src, VAL)["train"]["sha256"]
     b = run(tmp_path, src, VAL, chunk_bytes=50, force=True)["train"]["sha256"]  # cuts between almost every doc
     assert a == b
@@ -129,7 +239,8 @@ def test_num_proc_1_and_2_write_identical_bytes(tmp_path):
     src = write_txt(tmp_path / "t.txt", make_docs(400))
     outs = []
     for n in (1, 2):
-        prepare(str(src), out=tmp_path / f"o{n}", num_proc=n, chunk_bytes=2000, val_fraction=0.05, quiet=True)
+        prepare(PrepareOptions(source=str(src), out=tmp_path / f"o{n}", num_proc=n, chunk_bytes=2000, val_fraction=0.05,
+                               quiet=True))
         outs.append([(tmp_path / f"o{n}" / f"{s}.bin").read_bytes() for s in ("train", "validation")])
     assert outs[0] == outs[1] and len(outs[0][1]) > 0
 
@@ -138,7 +249,7 @@ def test_rerun_is_a_no_op_until_inputs_or_settings_change(tmp_path, capsys):
     src = write_txt(tmp_path / "t.txt", TRAIN)
     first = run(tmp_path, src, VAL)
     stamp = (tmp_path / "out" / "train.bin").stat().st_mtime_ns
-    prepare(str(src), val_source=str(tmp_path / "val.txt"), out=tmp_path / "out", num_proc=1)
+    prepare(PrepareOptions(source=str(src), val_source=str(tmp_path / "val.txt"), out=tmp_path / "out", num_proc=1))
     assert "already up to date" in capsys.readouterr().err
     assert (tmp_path / "out" / "train.bin").stat().st_mtime_ns == stamp
     assert run(tmp_path, src, VAL, tokenizer="bpe:300")["created"] and read_meta(tmp_path / "out")["dtype"] == "uint16"
@@ -175,14 +286,14 @@ def test_gemma3_vocab_chooses_uint32_and_round_trips(tmp_path):
 
 def test_a_byte_order_mark_is_not_part_of_the_first_document(tmp_path):
     src = tmp_path / "t.txt"
-    src.write_bytes(b"\xef\xbb\xbf" + "\n\n".join(TRAIN).encode())
+    src.write_bytes(b"\xef\xbb\xbf" + SEP.join(TRAIN).encode())
     run(tmp_path, src, VAL)
     assert decode_docs(tmp_path / "out", "train") == TRAIN
 
 
 def test_undecodable_bytes_are_replaced_and_counted(tmp_path):
     src = tmp_path / "t.txt"
-    src.write_bytes(b"good doc\n\nbad \xff byte and \xc3 cut\n\nfine")
+    src.write_bytes(b"good doc<|endoftext|>bad \xff byte and \xc3 cut\n\n<|endoftext|>fine")
     meta = run(tmp_path, src, VAL)
     assert meta["train"]["replaced_chars"] == 2
     assert decode_docs(tmp_path / "out", "train") == ["good doc", "bad \ufffd byte and \ufffd cut", "fine"]
@@ -197,13 +308,16 @@ def test_undecodable_bytes_are_replaced_and_counted(tmp_path):
     (lambda p: (p / "r.jsonl").write_text('{"text": 3}\n') and p / "r.jsonl", {}, "holds int"),
     (lambda p: (p / "r.jsonl").write_text('{"text": \n') and p / "r.jsonl", {}, "invalid JSON"),
     (lambda p: write_txt(p / "t.txt", TRAIN), {"tokenizer": "gpt-7"}, "unknown tokenizer"),
-    (lambda p: write_txt(p / "t.txt", TRAIN[:3]), {"val_fraction": 0.001, "val_source": None}, "validation split is empty"),
+    (lambda p: write_txt(p / "t.txt", TRAIN), {"doc_split": ""}, "--doc-split is empty"),
+    (lambda p: write_txt(p / "t.txt", TRAIN), {"val_fraction": 1.5}, "val_fraction must be < 1"),
+    (lambda p: write_txt(p / "t.txt", TRAIN), {"bpe_train_mb": float("nan")}, "bpe_train_mb must be a finite number"),
+    (lambda p: write_txt(p / "t.txt", TRAIN), {"segment_bytes": 2.5}, "segment_bytes must be a whole number"),
 ])
 def test_prepare_errors_are_one_line_and_write_nothing(tmp_path, make, kw, match):
     source = make(tmp_path)
     kw = {"val_source": str(write_txt(tmp_path / "val.txt", VAL)), **kw}
     with pytest.raises(TinyGemmaError, match=match) as e:
-        prepare(str(source), out=tmp_path / "out", num_proc=1, quiet=True, **kw)
+        prepare(PrepareOptions(source=str(source), out=tmp_path / "out", num_proc=1, quiet=True, **kw))
     assert "\n" not in str(e.value)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
@@ -221,6 +335,15 @@ def test_parquet_without_the_text_field_is_an_error(tmp_path):
 def prepared(tmp_path):
     run(tmp_path, write_txt(tmp_path / "t.txt", TRAIN), VAL)
     return tmp_path / "out"
+
+
+def test_write_prepared_makes_a_folder_that_reads_back_and_verifies(tmp_path):
+    ids = {"train": np.array([5, 66_000, 0, 7, 0]), "validation": np.array([8, 0])}
+    tok = {"name": "synthetic", "fingerprint": "s", "vocab_size": 70_000, "eot_id": 0, "bos_id": None}
+    meta = write_prepared(tmp_path, ids, tok, bytes_per_token=2.5)
+    assert meta == read_meta(tmp_path) and meta["dtype"] == "uint32"  # 66,000 does not fit in uint16
+    assert meta["train"]["documents"] == 2 and meta["validation"]["bytes"] == 5
+    np.testing.assert_array_equal(load_split(tmp_path, "train", verify=True), ids["train"])
 
 
 def test_bin_not_matching_meta_is_an_error(prepared):
@@ -302,10 +425,11 @@ def test_hf_source_reads_the_given_splits_and_caps_them(tmp_path):
     folder.mkdir(parents=True)
     for split, docs in (("train", TRAIN), ("validation", VAL)):
         (folder / f"{split}.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-    meta = prepare(f"hf:{tmp_path / 'ds'}", out=tmp_path / "out", num_proc=1, quiet=True)
-    assert meta["source"]["validation_split"] == "given"
+    meta = prepare(PrepareOptions(source=f"hf:{tmp_path / 'ds'}", out=tmp_path / "out", num_proc=1, quiet=True))
+    assert meta["source"]["holdout"] == {"method": "given"}
     assert decode_docs(tmp_path / "out", "train") == TRAIN and decode_docs(tmp_path / "out", "validation") == VAL
-    prepare(f"hf:{tmp_path / 'ds'}", out=tmp_path / "capped", num_proc=1, quiet=True, hf_mb=0.001)  # streamed
+    prepare(PrepareOptions(source=f"hf:{tmp_path / 'ds'}", out=tmp_path / "capped", num_proc=1, quiet=True,
+                           hf_mb=0.001))  # streamed
     n = len(decode_docs(tmp_path / "capped", "train"))
     assert decode_docs(tmp_path / "capped", "train") == TRAIN[:n] and sum(len(d) for d in TRAIN[:n - 1]) < 1000 <= sum(
         len(d) for d in TRAIN[:n])

@@ -5,7 +5,7 @@ import torch
 
 from tinygemma.config import tiny
 from tinygemma.errors import TinyGemmaError
-from tinygemma.generate import Batch, LMHead, _TextStream, generate, generate_ids, sample_next
+from tinygemma.generate import Batch, LMHead, _TextStream, encode_prompt, generate, generate_ids, sample_next
 from tinygemma.model import Gemma3Model
 
 
@@ -178,6 +178,15 @@ def test_streaming_holds_back_a_split_utf8_character():
     for b in "é!".encode("utf-8"):  # 0xC3 0xA9 0x21
         stream([b])
     assert pieces == ["é", "!"]
+
+
+def test_prompts_start_with_the_token_documents_start_with_in_training(model):
+    """data.start_token: end-of-text without bos (it ends every document before), else bos (prepare writes it)."""
+    tok = CharTokenizer()
+    assert encode_prompt(tok, "Hi") == [256, 72, 105] and encode_prompt(tok, "") == [256]
+    bos = CharTokenizer()
+    bos.bos_id = 255
+    assert encode_prompt(bos, "Hi") == [255, 72, 105]
 
 
 def test_empty_prompt_starts_from_end_of_text(model):

@@ -1,15 +1,14 @@
-"""Hugging Face interop: config conversion, export that transformers loads offline, import, GGUF, safe loading."""
+"""Hugging Face interop: config conversion, export that transformers loads offline, import, safe loading."""
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
 from tinygemma.checkpoint import load_model, save_config, save_weights
-from tinygemma.config import FULL, SLIDING, ModelConfig, tiny
+from tinygemma.config import ModelConfig, tiny
 from tinygemma.errors import TinyGemmaError
-from tinygemma.hf import GGUF_NAMES, export_hf, from_hf_config, read_gguf, to_hf_config
+from tinygemma.hf import export_hf, from_hf_config, to_hf_config
 from tinygemma.model import Gemma3Model
 from tinygemma.tokenizer import load_tokenizer
 
@@ -115,50 +114,3 @@ def test_loading_refuses_pickled_code(tmp_path):
     save_config(tmp_path, tiny(), None)
     with pytest.raises(TinyGemmaError, match="cannot read checkpoint"):
         load_model(tmp_path)
-
-
-def write_tiny_gguf(path, m: Gemma3Model) -> None:
-    """A float32 GGUF in llama.cpp's Gemma 3 layout (norms stored as 1 + w)."""
-    from gguf import GGUFWriter
-
-    cfg = m.config
-    w = GGUFWriter(str(path), "gemma3")
-    w.add_context_length(cfg.max_position_embeddings)
-    w.add_embedding_length(cfg.hidden_size)
-    w.add_block_count(cfg.n_layers)
-    w.add_feed_forward_length(cfg.intermediate_size)
-    w.add_head_count(cfg.n_heads)
-    w.add_head_count_kv(cfg.n_kv_heads)
-    w.add_key_length(cfg.head_dim)
-    w.add_value_length(cfg.head_dim)
-    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    w.add_rope_freq_base(cfg.rope_global_base)
-    w.add_sliding_window(cfg.sliding_window)
-    w.add_token_list([f"t{i}" for i in range(cfg.vocab_size)])
-    ours_to_gguf = {v: k for k, v in GGUF_NAMES.items()}
-    for name, t in m.state_dict().items():
-        parts = name.removesuffix(".weight").split(".")
-        if parts[0] == "layers":
-            gname = f"blk.{parts[1]}.{ours_to_gguf['.'.join(parts[2:])]}.weight"
-        else:
-            gname = f"{ours_to_gguf[parts[0]]}.weight"
-        arr = (t + 1.0 if name.endswith("norm.weight") else t).numpy().astype(np.float32)
-        w.add_tensor(gname, arr)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-
-
-def test_gguf_import_converts_names_and_norms(tmp_path):
-    cfg = ModelConfig(vocab_size=64, hidden_size=32, n_layers=6, n_heads=2, n_kv_heads=1, head_dim=16,
-                      intermediate_size=64, sliding_window=8, query_pre_attn_scalar=16, max_position_embeddings=128)
-    m = Gemma3Model(cfg)
-    with torch.no_grad():
-        m.norm.weight.normal_()
-    write_tiny_gguf(tmp_path / "m.gguf", m)
-    state, got = read_gguf(tmp_path / "m.gguf")
-    assert got == cfg
-    assert got.layer_types == (SLIDING,) * 5 + (FULL,)
-    for name, t in m.state_dict().items():
-        torch.testing.assert_close(state[name], t, rtol=0, atol=1e-6)

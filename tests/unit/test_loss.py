@@ -59,6 +59,25 @@ def test_bf16_autocast_runs_every_head_matmul_in_bf16_and_stays_close(chunk):
     torch.testing.assert_close(ow, gw, rtol=2e-2, atol=2e-3)
 
 
+def test_under_no_grad_it_computes_the_loss_only():
+    """Evaluation runs under torch.no_grad: the same loss, and only one matmul per chunk (no gradient ones)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountMatmuls(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.addmm_)
+            return func(*args, **(kwargs or {}))
+
+    x, w = torch.randn(40, 16, requires_grad=True), torch.randn(101, 16, requires_grad=True)
+    t = torch.randint(101, (40,))
+    with torch.no_grad(), CountMatmuls() as mode:
+        loss = linear_cross_entropy(x, w, t, chunk=10)
+    assert mode.n == 4 and loss.grad_fn is None
+    torch.testing.assert_close(loss, linear_cross_entropy(x, w, t, chunk=10).detach(), rtol=0, atol=0)
+
+
 def test_all_ignored_is_nan_like_cross_entropy():
     x, w = torch.randn(4, 8), torch.randn(10, 8)
     t = torch.full((4,), -1)

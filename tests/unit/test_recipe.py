@@ -19,5 +19,5 @@ def test_train_config_carries_the_dropout_and_overrides_win():
     assert cfg.model.dropout == AUTO_DROPOUT and cfg.model.vocab_size == 512 and cfg.max_time == 600.0
     assert RECIPE.train_config("d", "o", 512, 600.0, train_tokens=5_000_000).model.dropout == 0.0
     assert Recipe(dropout=0.05).train_config("d", "o", 512, 600.0, train_tokens=1).model.dropout == 0.05
-    fixed = Recipe(model_overrides=["dropout=0.3"]).train_config("d", "o", 512, 600.0, train_tokens=5_000_000)
+    fixed = Recipe(sets=(*RECIPE.sets, "model.dropout=0.3")).train_config("d", "o", 512, 600.0, train_tokens=5_000_000)
     assert fixed.model.dropout == 0.3

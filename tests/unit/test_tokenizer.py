@@ -32,6 +32,21 @@ def test_gpt2_round_trips_unicode_and_batches():
     assert tok.encode_batch([TEXT, "a b"]) == [tok.encode(TEXT), tok.encode("a b")]
 
 
+def test_gpt2_through_tiktoken_and_as_exported_for_hf_give_the_same_ids():
+    """Both are built from tokenizer.gpt2_files(): the same vocabulary and merges, the same pre-tokenizer."""
+    from tokenizers import Tokenizer as RustTokenizer
+
+    tok = gpt2()
+    hf = RustTokenizer.from_str(tok.to_json())
+    texts = [TEXT.replace("<|endoftext|>", "<|end|>"), "Hello world", "  leading spaces,   runs\n\n\tand tabs  ",
+             "it's we'll they've I'd you're", "1234567 + 3.14 = 1234570.14", "naïve — Ελληνικά, русский, 日本語 😀🙂",
+             "Once upon a time, there was a little girl named Lily.\nShe loved to play outside."]
+    for text in texts:
+        assert hf.encode(text, add_special_tokens=False).ids == tok.encode(text), text
+        assert hf.decode(tok.encode(text)) == text
+    assert hf.get_vocab_size() == tok.vocab_size and hf.token_to_id("<|endoftext|>") == tok.eot_id
+
+
 def test_ref_loads_the_same_tokenizer_and_detects_a_different_vocabulary():
     tok = gpt2()
     again = load_tokenizer(tok.ref())

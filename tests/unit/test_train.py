@@ -1,6 +1,5 @@
 """The training loop in-process on tiny synthetic data: schedule, exact resume, NaN guard, refusals."""
 
-import hashlib
 import json
 import math
 
@@ -9,26 +8,24 @@ import pytest
 import torch
 
 from tinygemma import checkpoint
-from tinygemma.config import TrainConfig, tiny
-from tinygemma.data import FORMAT_VERSION
+from tinygemma.checkpoint import Progress, RunState, capture_rng
+from tinygemma.config import TrainConfig, apply_overrides, tiny
+from tinygemma.data import write_prepared
 from tinygemma.errors import TinyGemmaError
 from tinygemma.model import Gemma3Model
 from tinygemma.runconfig import resolve_config
-from tinygemma.train import build_optimizer, fixed_val_windows, lr_at, train
+from tinygemma.optim import build_optimizer, lr_at, set_lr
+from tinygemma.train import fixed_val_windows, train
 
 
 def make_data(folder, vocab=256, n_train=8000, n_val=2000, seed=0):
-    """train.bin / validation.bin / meta.json in data.py's format: a learnable pattern plus 20% noise."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """A prepared folder (data.write_prepared): a learnable pattern plus 20% noise, 3 bytes per token."""
     rng = np.random.default_rng(seed)
-    meta = {"format_version": FORMAT_VERSION, "dtype": "uint16",
-            "tokenizer": {"name": "synthetic", "fingerprint": f"synthetic-{vocab}", "vocab_size": vocab,
-                          "eot_id": 0, "bos_id": None}}
-    for split, n in (("train", n_train), ("validation", n_val)):
-        ids = np.where(rng.random(n) < 0.2, rng.integers(0, vocab, n), (np.arange(n) * 7) % vocab).astype(np.uint16)
-        ids.tofile(folder / f"{split}.bin")
-        meta[split] = {"tokens": n, "documents": n // 100, "bytes": 3 * n, "sha256": hashlib.sha256(ids.tobytes()).hexdigest()}
-    (folder / "meta.json").write_text(json.dumps(meta))
+    ids = {split: np.where(rng.random(n) < 0.2, rng.integers(0, vocab, n), (np.arange(n) * 7) % vocab)
+           for split, n in (("train", n_train), ("validation", n_val))}
+    tokenizer = {"name": "synthetic", "fingerprint": f"synthetic-{vocab}", "vocab_size": vocab, "eot_id": 0,
+                 "bos_id": None}
+    write_prepared(folder, ids, tokenizer, bytes_per_token=3)
     return folder
 
 
@@ -36,7 +33,7 @@ def tiny_run(tmp_path, out="out", **kw):
     base = dict(data_dir=str(tmp_path / "data"), out_dir=str(tmp_path / out), preset="tiny", batch_size=4,
                 block_size=16, max_iters=6, lr_decay_iters=6, warmup_iters=2, lr=1e-2, eval_interval=3,
                 eval_windows=8, log_interval=1, checkpoint_interval=100, progress=False)
-    return TrainConfig(**{**base, **kw})
+    return resolve_config(flags={**base, **kw})
 
 
 @pytest.fixture
@@ -65,6 +62,29 @@ def test_weight_decay_on_matrices_only():
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
 
+def test_muon_takes_the_block_matrices_and_adamw_the_rest():
+    model = Gemma3Model(tiny())
+    opt = build_optimizer(model, TrainConfig(optimizer="muon", lr=1e-3, muon_lr=2e-2), torch.device("cpu"))
+    adamw, muon = opt
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    names = {id(p): n for n, p in model.named_parameters()}
+    in_muon = {names[id(p)] for g in muon.param_groups for p in g["params"]}
+    assert in_muon == {n for n, p in model.named_parameters() if p.dim() == 2 and n != "embed_tokens.weight"}
+    in_adamw = {names[id(p)] for g in adamw.param_groups for p in g["params"]}
+    assert in_adamw == set(names.values()) - in_muon and "embed_tokens.weight" in in_adamw
+    set_lr(opt, 5e-4)  # half the peak lr: Muon's follows the same schedule from its own peak
+    assert [g["lr"] for g in muon.param_groups] == [pytest.approx(1e-2)]
+    assert [g["lr"] for g in adamw.param_groups] == [pytest.approx(5e-4)] * 2
+
+
+def test_wsd_schedule_is_flat_then_linear_to_min_lr():
+    cfg = TrainConfig(lr=1.0, min_lr=0.0, warmup_iters=10, max_iters=110, lr_decay="wsd", decay_fraction=0.2)
+    assert lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(50, cfg) == pytest.approx(1.0) and lr_at(90, cfg) == pytest.approx(1.0)  # stable for 80% of 100
+    assert lr_at(100, cfg) == pytest.approx(0.5)  # halfway through the last 20 steps
+    assert lr_at(110, cfg) == pytest.approx(0.0) and lr_at(500, cfg) == pytest.approx(0.0)
+
+
 def test_validation_windows_are_fixed_and_spread():
     starts = fixed_val_windows(1000, 16, 8)
     assert starts[0] == 0 and starts[-1] == 1000 - 17 and len(starts) == 8
@@ -90,13 +110,16 @@ def test_run_writes_the_model_folder_and_val_loss_falls(tmp_path, data):
     assert saved["model"]["hidden_size"] == 64 and saved["train"]["lr"] == 1e-2 and saved["tokenizer"]["vocab_size"] == 256
 
 
-def test_exact_resume_matches_uninterrupted_run(tmp_path, data):
-    straight = train(tiny_run(tmp_path, out="a", max_iters=8, lr_decay_iters=8))["train_losses"]
-    train(tiny_run(tmp_path, out="b", max_iters=5, lr_decay_iters=8))
-    resumed = train(tiny_run(tmp_path, out="b", max_iters=8, lr_decay_iters=8, resume=True))["train_losses"]
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_exact_resume_matches_uninterrupted_run(tmp_path, data, optimizer):
+    kw = dict(lr_decay_iters=8, optimizer=optimizer)
+    straight = train(tiny_run(tmp_path, out="a", max_iters=8, **kw))["train_losses"]
+    train(tiny_run(tmp_path, out="b", max_iters=5, **kw))
+    resumed = train(tiny_run(tmp_path, out="b", max_iters=8, resume=True, **kw))["train_losses"]
     assert [s for s, _ in resumed] == [6, 7, 8]
-    for (s, a), (_, b) in zip(straight[5:], resumed):
-        assert abs(a - b) <= 1e-6, (s, a, b)
+    assert straight[5:] == resumed  # bit-exact, not merely close
+    a, b = (checkpoint.load_resume(tmp_path / run) for run in "ab")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     # metrics.jsonl of the resumed run holds every step once
     assert [r["step"] for r in read_metrics(tmp_path / "b") if "train_loss" in r] == list(range(1, 9))
 
@@ -119,15 +142,52 @@ def test_early_stopping_after_patience_evals(tmp_path, data):
 
 def test_resume_refuses_changed_model_or_data_unless_forced(tmp_path, data):
     train(tiny_run(tmp_path, max_iters=2))
-    bigger = tiny()
-    bigger.n_layers, bigger.layer_types = 3, ()
-    bigger.__post_init__()
+    bigger = apply_overrides(tiny(), ["n_layers=3"])
     with pytest.raises(TinyGemmaError, match="model config changed.*n_layers"):
         train(tiny_run(tmp_path, max_iters=4, resume=True, model=bigger))
     make_data(tmp_path / "data", seed=1)  # same shape, different tokens
     with pytest.raises(TinyGemmaError, match="data in --data-dir differs"):
         train(tiny_run(tmp_path, max_iters=4, resume=True))
     assert train(tiny_run(tmp_path, max_iters=4, resume=True, force=True))["step"] == 4
+
+
+def test_run_state_reads_every_key_it_writes():
+    state = RunState(model={"w": torch.ones(2)}, optimizer={"state": {}}, samplers=[{"step": 3}], rng=capture_rng(),
+                     progress=Progress(5, 80, 1.5, 1, 2.0), history=[{"step": 5}], model_config=tiny(),
+                     data_fingerprint={"train": "abc"}, train_config=TrainConfig().to_dict())
+    written, read = state.state_dict(), set()
+
+    class Recorder(dict):
+        def __getitem__(self, key):
+            read.add(key)
+            return super().__getitem__(key)
+
+        def get(self, key, default=None):
+            read.add(key)
+            return super().get(key, default)
+
+    loaded = RunState()
+    loaded.load_state_dict(Recorder(written))
+    assert read == set(written)
+    assert (loaded.progress, loaded.model_config, loaded.world_size, loaded.history) == (state.progress, tiny(), 1,
+                                                                                         [{"step": 5}])
+
+
+def test_an_early_version_1_resume_file_loads_and_another_version_is_named(tmp_path):
+    state = RunState(samplers=[{}], model_config=tiny()).state_dict()
+    del state["train_time"]  # written before lr_schedule=time counted the seconds
+    checkpoint.save_resume(state, tmp_path)
+    assert RunState.load(tmp_path).progress.train_time == 0.0
+    torch.save({**state, "version": 7}, tmp_path / checkpoint.RESUME_NAME)
+    with pytest.raises(TinyGemmaError, match="resume-file version 7, this tinygemma reads version 1") as err:
+        RunState.load(tmp_path)
+    assert "\n" not in str(err.value)
+
+
+def test_a_resume_with_changed_settings_says_which(tmp_path, data, capsys):
+    train(tiny_run(tmp_path, max_iters=2))
+    train(tiny_run(tmp_path, max_iters=3, resume=True, lr=5e-3))
+    assert "settings that differ from the run's own (lr)" in capsys.readouterr().out
 
 
 def test_fresh_run_refuses_to_overwrite_a_run(tmp_path, data):
