@@ -2,12 +2,13 @@
 
 Same weights (random init with non-trivial norms, exported to a Gemma3ForCausalLM),
 greedy, batch 1, a 16-token prompt, 256 new tokens, fp32, CPU threads set by --threads.
-Also two ablations of ours: the model's own cached forward instead of decode.py's fused
-one-token steps, and no cache at all (fewer tokens: it recomputes every prefix).
+Also three ablations of ours: the same cached forward without `prepared_for_inference`
+(separate q/k/v matmuls, norms computing 1 + w each time), the exact fp32 head instead of
+the bf16-ranked one, and no cache at all (fewer tokens: it recomputes every prefix).
 With --llamacpp, llama.cpp too (`make llama-cpp`), on the same weights exported to GGUF
 in f32 and q8_0 (bench_llamacpp); --no-hf runs only that comparison.
 
-    flock /tmp/tinygemma-cpu.lock python benchmarks/generate.py [--presets small gemma3-270m] [--llamacpp [--no-hf]]
+    flock -x /tmp/tinygemma-bench.lock python benchmarks/generate.py [--presets small gemma3-270m] [--llamacpp [--no-hf]]
 """
 
 from __future__ import annotations
@@ -45,10 +46,10 @@ def build_pair(preset: str, vocab_size: int):
     return ours, hf, cfg
 
 
-@torch.no_grad()
-def greedy_model_steps(model: Gemma3Model, ids: list[int], new_tokens: int) -> list[int]:
-    """Greedy decoding through Gemma3Model.hidden_states with its KVCache, one token per call:
-    generate_ids without decode.py's Decoder (same head, same prefill)."""
+@torch.inference_mode()
+def greedy_unprepared(model: Gemma3Model, ids: list[int], new_tokens: int) -> list[int]:
+    """Greedy decoding through the model's cached forward as it is, not prepared for inference:
+    generate_ids without the fused q/k/v and precomputed norm gains (same cache, same head)."""
     cache = KVCache(model.config, 1, len(ids) + new_tokens, "cpu")
     head = LMHead(model.embed_tokens.weight)
     x = model.hidden_states(torch.tensor([ids]), cache=cache)[:, -1]  # (1, d)
@@ -85,6 +86,9 @@ def bench_preset(preset: str, vocab_size: int, prompt_len: int, new_tokens: int,
     def run_uncached():
         return generate_ids(ours, ids, uncached_tokens, temperature=0, use_cache=False)[0]
 
+    def run_fp32_head():
+        return generate_ids(ours, ids, new_tokens, temperature=0, fast_head=False)[0]
+
     generate_ids(ours, ids, 8, temperature=0)  # warm-up (allocator, oneDNN primitives)
     with torch.no_grad():
         hf.generate(prompt, max_new_tokens=8, do_sample=False)
@@ -94,7 +98,8 @@ def bench_preset(preset: str, vocab_size: int, prompt_len: int, new_tokens: int,
         t_ours = min(t_ours, t)
         t, toks_hf = time_it(run_hf, 1)
         t_hf = min(t_hf, t)
-    t_unf, toks_unf = time_it(lambda: greedy_model_steps(ours, ids[0], new_tokens), 1)
+    t_unp, toks_unp = time_it(lambda: greedy_unprepared(ours, ids[0], new_tokens), 1)
+    t_f32, toks_f32 = time_it(run_fp32_head, 1)
     t_unc, toks_unc = time_it(run_uncached, 1)
 
     def agree(toks):  # leading tokens equal to HF's
@@ -108,8 +113,10 @@ def bench_preset(preset: str, vocab_size: int, prompt_len: int, new_tokens: int,
              tps=new_tokens / t_ours, ratio=(new_tokens / t_ours) / hf_tps, same=f"{match}/{new_tokens}"),
         dict(preset=preset, params=cfg.n_params, impl="HF generate (cache)", tokens=new_tokens,
              tps=hf_tps, ratio=1.0, same="-"),
-        dict(preset=preset, params=cfg.n_params, impl="tinygemma, unfused steps", tokens=new_tokens,
-             tps=new_tokens / t_unf, ratio=(new_tokens / t_unf) / hf_tps, same=f"{agree(toks_unf)}/{new_tokens}"),
+        dict(preset=preset, params=cfg.n_params, impl="tinygemma, not prepared", tokens=new_tokens,
+             tps=new_tokens / t_unp, ratio=(new_tokens / t_unp) / hf_tps, same=f"{agree(toks_unp)}/{new_tokens}"),
+        dict(preset=preset, params=cfg.n_params, impl="tinygemma, fp32 head", tokens=new_tokens,
+             tps=new_tokens / t_f32, ratio=(new_tokens / t_f32) / hf_tps, same=f"{agree(toks_f32)}/{new_tokens}"),
         dict(preset=preset, params=cfg.n_params, impl="tinygemma, no cache", tokens=uncached_tokens,
              tps=uncached_tokens / t_unc, ratio=(uncached_tokens / t_unc) / hf_tps, same="-"),
     ]

@@ -8,7 +8,7 @@ concern's module:
   train          runconfig.py resolves config.py's TrainConfig; train.py runs it with model.py and
                  loss.py, optim.py, device.py, distributed.py, evaluate.py, metrics.py; checkpoint.py
                  writes the model folder and last.pt
-  generate       checkpoint.py loads the model; generate.py (with decode.py) samples
+  generate       checkpoint.py loads the model; generate.py samples (one model forward, KVCache rows)
   eval           checkpoint.py, evaluate.py
   export/import  checkpoint.py, hf.py
   quickstart     quickstart.py: prepare, train, stories and scores in one command

@@ -1,10 +1,14 @@
-"""Sampling from a Gemma3Model with a KV cache.
+"""Sampling from a Gemma3Model with its KV cache.
 
-- `generate_ids`: batches of prompts of different lengths (left padding; positions -1 on
-  the pads), one prefill pass through the model's KVCache, then one token per step through
-  decode.Decoder (the same maths with fewer ops). Sliding layers keep only `sliding_window`
-  keys, full layers keep everything, so memory is bounded by the full layers:
-  (n_full_layers * 2 * B * n_kv_heads * max_len * head_dim) values.
+- `Batch`: the rows of one model.KVCache, which sequences join and leave while others decode
+  (continuous batching). A sequence joins a free row with its prompt (one prefill call of the
+  model's forward), takes one token per `step`, and leaves when it is done; the row is then
+  free for the next one. Each row has its own positions, so rows of different lengths need no
+  padding. While a Batch is open the model runs prepared for inference
+  (`Gemma3Model.prepared_for_inference`: fused q/k/v, precomputed norm gains).
+- `LMHead`: next-token logits from the last hidden state, ranking the vocabulary with a bf16
+  copy of the tied head and recomputing the best candidates exactly.
+- `generate_ids`: prompts (token ids) in, new ids out, through a Batch: rows leave as they end.
 - `generate`: text in, text out, with optional streaming of the new text.
 
 Greedy decoding is `temperature=0`. Each row stops at the tokenizer's end-of-text id or after
@@ -13,13 +17,13 @@ Greedy decoding is `temperature=0`. Each row stops at the tokenizer's end-of-tex
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from tinygemma.decode import Decoder
 from tinygemma.errors import TinyGemmaError
 from tinygemma.model import Gemma3Model, KVCache
 
@@ -72,18 +76,101 @@ def _check_args(model: Gemma3Model, prompt_ids: list[list[int]], max_new_tokens:
                              "use a shorter prompt or fewer new tokens")
 
 
-def _left_pad(prompt_ids: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> ids (B, L) padded on the left with pad_id, positions (B, L) with -1 on the pads."""
-    L = max(len(p) for p in prompt_ids)
-    ids = torch.full((len(prompt_ids), L), pad_id, dtype=torch.long)
-    pos = torch.full((len(prompt_ids), L), -1, dtype=torch.long)
-    for b, p in enumerate(prompt_ids):
-        ids[b, L - len(p) :] = torch.tensor(p, dtype=torch.long)
-        pos[b, L - len(p) :] = torch.arange(len(p))
-    return ids.to(device), pos.to(device)
+class LMHead:
+    """Next-token logits (B, V) in fp32 from final hidden states (B, d), for decoding.
+
+    Batch-1 decoding is bound by the bytes of weights read per token, and the tied head is
+    most of them (262,144 x 640 at Gemma 3 270M: 671 MB in fp32). With `fast=True` an fp32
+    model ranks the vocabulary with a bf16 copy of the head instead (half the bytes), then
+    recomputes the logits of the `exact_top` best candidates in fp32 from the real weights.
+    Greedy picks and top-k (k <= exact_top) sampling therefore see exact logits; only tokens
+    outside the top candidates keep bf16-weight logits (relative error ~4e-3).
+    """
+
+    def __init__(self, weight: torch.Tensor, fast: bool = True, exact_top: int = 64):
+        self.weight, self.exact_top = weight, min(exact_top, weight.size(0))
+        self.low = weight.to(torch.bfloat16) if fast and weight.dtype == torch.float32 else None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.low is None:
+            return F.linear(x, self.weight).float()
+        xl = x.to(self.low.dtype)
+        # one row: torch.mv read the bf16 head ~1.5x faster than F.linear on the Xeon (docs/BENCHMARKS.md)
+        approx = (torch.mv(self.low, xl[0])[None] if x.size(0) == 1 else F.linear(xl, self.low)).float()  # (B, V)
+        cand = approx.topk(self.exact_top, dim=-1).indices  # (B, C)
+        exact = torch.einsum("bd,bcd->bc", x.float(), self.weight[cand].float())  # (B, C)
+        return approx.scatter_(-1, cand, exact)
 
 
-@torch.no_grad()
+class Batch:
+    """Sequences that join and leave the rows of one KVCache while the others decode.
+
+        with Batch(model, rows=4, max_len=2048) as batch:
+            row, logits = batch.join(prompt_ids)         # prefill a free row -> logits (V,) of its next token
+            logits = batch.step([row, ...], [token, ...])  # one token for each given row -> logits (n, V)
+            batch.leave(row)                             # done: the row is free, its keys are never seen again
+
+    The rows given to a step may be any of the joined ones, in any order; each continues at its
+    own position. `join` raises TinyGemmaError when every row is taken (a server answers "busy").
+    While open, the model is in eval mode and prepared for inference (fused q/k/v, precomputed
+    norm gains), so its weights must not change. With `use_cache=False` every step recomputes
+    each row's whole sequence with the plain forward instead (a reference for tests and benchmarks).
+    """
+
+    def __init__(self, model: Gemma3Model, rows: int, max_len: int, fast_head: bool = True, use_cache: bool = True):
+        weight = model.embed_tokens.weight
+        if max_len > model.config.max_position_embeddings:
+            raise TinyGemmaError(f"max_len {max_len} exceeds the model's context of {model.config.max_position_embeddings}")
+        self.model, self.rows, self.max_len, self.device = model, rows, max_len, weight.device
+        self.cache = KVCache(model.config, rows, max_len, weight.device, weight.dtype) if use_cache else None
+        self.head = LMHead(weight, fast=fast_head)
+        self.free = list(range(rows))
+        self.seqs: dict[int, list[int]] = {}  # the tokens of each joined row so far
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> Batch:
+        self._stack.callback(self.model.train, self.model.training)
+        self.model.eval()
+        if self.cache is not None:
+            self._stack.enter_context(self.model.prepared_for_inference())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    @torch.inference_mode()
+    def join(self, prompt_ids: Sequence[int]) -> tuple[int, torch.Tensor]:
+        """Prefill a free row with a prompt -> (the row, logits (V,) of the prompt's next token)."""
+        if not self.free:
+            raise TinyGemmaError(f"all {self.rows} rows are busy")
+        if not 0 < len(prompt_ids) <= self.max_len:
+            raise TinyGemmaError(f"a prompt needs 1 to {self.max_len} tokens, got {len(prompt_ids)}")
+        row = self.free.pop(0)
+        self.seqs[row] = list(prompt_ids)
+        ids = torch.tensor([self.seqs[row]], device=self.device)
+        return row, self.head(self.model.hidden_states(ids, cache=self.cache, rows=[row])[:, -1])[0]
+
+    @torch.inference_mode()
+    def step(self, rows: Sequence[int], tokens: Sequence[int]) -> torch.Tensor:
+        """One token for each of `rows` (at each row's next position) -> logits (len(rows), V)."""
+        if len(rows) != len(tokens) or any(r not in self.seqs for r in rows):
+            raise ValueError(f"step needs one token for each of some joined rows {sorted(self.seqs)}; got rows {list(rows)}")
+        for r, t in zip(rows, tokens):
+            self.seqs[r].append(int(t))
+        if self.cache is None:
+            x = torch.cat([self.model.hidden_states(torch.tensor([self.seqs[r]], device=self.device))[:, -1] for r in rows])
+            return self.head(x)
+        ids = torch.tensor(list(tokens), device=self.device)[:, None]  # (n, 1)
+        return self.head(self.model.hidden_states(ids, cache=self.cache, rows=rows)[:, 0])
+
+    def leave(self, row: int) -> None:
+        """The row's sequence is done: free the row for the next join."""
+        del self.seqs[row]
+        if self.cache is not None:
+            self.cache.reset(row)
+        self.free.append(row)
+
+
 def generate_ids(
     model: Gemma3Model,
     prompt_ids: list[list[int]],
@@ -99,84 +186,36 @@ def generate_ids(
 ) -> list[list[int]]:
     """Continue each prompt; returns the new token ids per prompt (without the end-of-text id).
 
-    `on_tokens` receives each step's tokens (one per row; finished rows repeat eot_id).
-    `use_cache=False` recomputes every prefix from scratch (for tests and benchmarks).
-    `fast_head` ranks the vocabulary with an fp16 copy of the head (see LMHead).
+    Each prompt takes a row of one Batch; a row leaves the batch when it ends, so the steps
+    after that compute only the rows still going. `on_tokens` receives each step's tokens (one
+    per prompt; finished prompts repeat eot_id). `use_cache=False` recomputes every prefix from
+    scratch (for tests and benchmarks). `fast_head` ranks the vocabulary with a bf16 copy of
+    the head (see LMHead).
     """
     _check_args(model, prompt_ids, max_new_tokens, temperature, top_k, top_p)
-    was_training = model.training
-    model.eval()
-    try:
-        out: list[list[int]] = [[] for _ in prompt_ids]
-        if max_new_tokens == 0:
-            return out
-        head = LMHead(model.embed_tokens.weight, fast=fast_head)
-        steps = (_cached_steps if use_cache else _uncached_steps)(model, head, prompt_ids, max_new_tokens)
-        logits = next(steps)  # (B, V) logits for the first new token
-        done = [False] * len(prompt_ids)
+    out: list[list[int]] = [[] for _ in prompt_ids]
+    if max_new_tokens == 0:
+        return out
+    max_len = max(len(p) for p in prompt_ids) + max_new_tokens
+    with Batch(model, len(prompt_ids), max_len, fast_head, use_cache) as batch:
+        rows, first = zip(*(batch.join(p) for p in prompt_ids))
+        logits, live = torch.stack(first), list(range(len(prompt_ids)))  # live: the prompts still going
         for i in range(max_new_tokens):
-            picked = sample_next(logits, temperature, top_k, top_p, generator).tolist()
-            tokens = [eot_id if d else t for d, t in zip(done, picked)]  # finished rows repeat eot
+            tokens = [eot_id] * len(prompt_ids)  # finished prompts repeat eot_id
+            for b, t in zip(live, sample_next(logits, temperature, top_k, top_p, generator).tolist()):
+                tokens[b] = t
             if on_tokens is not None:
                 on_tokens(tokens)
-            for b, t in enumerate(tokens):
-                done[b] = done[b] or t == eot_id
-                if not done[b]:
-                    out[b].append(t)
-            if all(done) or i == max_new_tokens - 1:
+            for b in live:
+                if tokens[b] == eot_id:
+                    batch.leave(rows[b])
+                else:
+                    out[b].append(tokens[b])
+            live = [b for b in live if tokens[b] != eot_id]
+            if not live or i == max_new_tokens - 1:
                 break
-            logits = steps.send(torch.tensor(tokens, device=logits.device))
-        return out
-    finally:
-        model.train(was_training)
-
-
-class LMHead:
-    """Next-token logits (B, V) in fp32 from final hidden states (B, d), for decoding.
-
-    Batch-1 decoding is bound by the bytes of weights read per token, and the tied head is
-    most of them (262,144 x 640 at Gemma 3 270M: 671 MB in fp32). With `fast=True` an fp32
-    model reads an fp16 copy of the head instead (half the bytes) to rank the vocabulary,
-    then recomputes the logits of the `exact_top` best candidates in fp32 from the real
-    weights. Greedy picks and top-k (k <= exact_top) sampling therefore see exact logits;
-    only tokens outside the top candidates keep fp16-weight logits (relative error ~1e-3).
-    """
-
-    def __init__(self, weight: torch.Tensor, fast: bool = True, exact_top: int = 32):
-        self.weight, self.exact_top = weight, min(exact_top, weight.size(0))
-        self.half = weight.to(torch.float16) if fast and weight.dtype == torch.float32 else None
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        # fp16 tops out at 65504: hidden states that large (unusual) take the exact path
-        if self.half is None or float(x.abs().amax()) > 3e4:
-            return F.linear(x, self.weight).float()
-        approx = F.linear(x.half(), self.half).float()  # (B, V)
-        cand = approx.topk(self.exact_top, dim=-1).indices  # (B, C)
-        exact = torch.einsum("bd,bcd->bc", x.float(), self.weight[cand].float())  # (B, C)
-        return approx.scatter_(-1, cand, exact)
-
-
-def _cached_steps(model: Gemma3Model, head: LMHead, prompt_ids, max_new_tokens):
-    """Generator: yields next-token logits (B, V) and is sent the tokens (B,) picked from them.
-    One prefill pass over the padded prompts, then one cached step per token."""
-    device = model.embed_tokens.weight.device
-    ids, pos = _left_pad(prompt_ids, model.config.pad_token_id, device)
-    B, L = ids.shape
-    cache = KVCache(model.config, B, L + max_new_tokens, device, dtype=model.embed_tokens.weight.dtype)
-    x = model.hidden_states(ids, cache=cache, positions=pos)  # (B, L, d)
-    decoder = Decoder(model, cache, next_pos=pos[:, -1] + 1)  # fused one-token steps (decode.py)
-    new = yield head(x[:, -1])
-    while True:
-        new = yield head(decoder.step(new))  # (B, d) -> (B, V)
-
-
-def _uncached_steps(model: Gemma3Model, head: LMHead, prompt_ids, max_new_tokens):
-    """Like _cached_steps, but runs each row's whole sequence again at every step (no cache)."""
-    device = model.embed_tokens.weight.device
-    seqs = [torch.tensor(p, dtype=torch.long, device=device) for p in prompt_ids]
-    while True:
-        new = yield head(torch.cat([model.hidden_states(s[None])[:, -1] for s in seqs]))
-        seqs = [torch.cat((s, new[b : b + 1])) for b, s in enumerate(seqs)]
+            logits = batch.step([rows[b] for b in live], [tokens[b] for b in live])
+    return out
 
 
 def encode_prompt(tokenizer, prompt: str) -> list[int]:

@@ -16,13 +16,23 @@ One addition, off by default: `ModelConfig.dropout` > 0 drops the scaled embeddi
 residual branch in training mode only (for many epochs over small data). Not the attention
 probabilities: SDPA with dropout leaves its fused CPU kernel, and the step was 35% slower.
 
+Inference uses the same forward. `forward(ids, cache=KVCache(...))` writes each layer's keys
+and values into a preallocated cache and attends over it: a whole prompt into empty rows
+(prefill), or one token per row (decoding). Each cache row is a sequence with its own
+position, so rows can join and leave a running batch (`KVCache.reset`, `rows=`). Inside
+`with model.prepared_for_inference():` the same modules run with q/k/v as one matmul and
+(1 + w) precomputed: fewer ops per decoding step, the same maths (docs/MODEL.md, Generation).
+
 Parameter names follow transformers' Gemma 3 (without the `model.` prefix), so
 import/export is a renaming of one prefix.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -32,39 +42,61 @@ from tinygemma.config import SLIDING, ModelConfig
 from tinygemma.loss import linear_cross_entropy
 
 
+def rms_norm(x: torch.Tensor, gain: torch.Tensor, eps: float) -> torch.Tensor:
+    """x / rms(x) * gain over the last dim, computed in fp32 (gain: (1 + w) in fp32, broadcast), in x's dtype."""
+    y = F.rms_norm(x.float(), (x.size(-1),), eps=eps) * gain
+    return y if y.dtype == x.dtype else y.to(x.dtype)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.zeros(dim))
+        self.prepared_gain: torch.Tensor | None = None  # (1 + w) in fp32, set by prepared_for_inference
+
+    def gain(self) -> torch.Tensor:
+        """The factor after normalising: (1 + w) in fp32."""
+        return self.prepared_gain if self.prepared_gain is not None else 1.0 + self.weight.float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (xf * (1.0 + self.weight.float())).type_as(x)
+        return rms_norm(x, self.gain(), self.eps)
 
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, base: float, dtype: torch.dtype):
-    """cos/sin tables for `positions` (T,) or (B, T) -> (..., T, head_dim), computed in fp32."""
+    """RoPE tables for `positions` (T,) or (B, T) -> cos, sin (..., T, 1, head_dim), computed in fp32.
+
+    The 1 broadcasts over heads. sin's first half is negated, so that apply_rope's roll of x by
+    half a head is the rotation cat(-x2, x1) (the same products, so the same values).
+    """
     exponents = torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.int64).float() / head_dim
     inv_freq = 1.0 / (base**exponents)  # (head_dim/2,)
-    freqs = positions.float()[..., None] * inv_freq  # (..., T, head_dim/2)
-    emb = torch.cat((freqs, freqs), dim=-1)  # (..., T, head_dim)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
+    freqs = positions.float()[..., None, None] * inv_freq  # (..., T, 1, head_dim/2)
+    sin = freqs.sin()
+    return torch.cat((freqs, freqs), dim=-1).cos().to(dtype), torch.cat((-sin, sin), dim=-1).to(dtype)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x (B, H, T, D) by the half-split convention; cos/sin are (T, D) or (B, T, D)."""
-    if cos.dim() == 3:  # per-row positions: (B, T, D) -> (B, 1, T, D)
-        cos, sin = cos[:, None], sin[:, None]
-    x1, x2 = x.chunk(2, dim=-1)
-    rotated = torch.cat((-x2, x1), dim=-1)
-    return x * cos + rotated * sin
+    """Rotate x (B, T, heads, D) by the half-split convention, with rope_cos_sin's tables."""
+    return x * cos + x.roll(x.size(-1) // 2, dims=-1) * sin
+
+
+def attention_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
+    """Which keys each query sees: positions q_pos (..., Tq), k_pos (..., Tk) -> bool (..., Tq, Tk).
+
+    A key is seen if it is not after the query and, with a `window` (sliding layers), among the
+    query's last `window` positions, itself included. Negative key positions (empty cache slots)
+    are never seen.
+    """
+    q, k = q_pos[..., :, None], k_pos[..., None, :]
+    seen = (k <= q) & (k >= 0)
+    return seen if window is None else seen & (k > q - window)
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
+        self.layer_idx = layer_idx  # its slot in a KVCache
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         self.scale = cfg.query_pre_attn_scalar**-0.5
         self.q_proj = nn.Linear(cfg.hidden_size, cfg.n_heads * cfg.head_dim, bias=False)
@@ -73,21 +105,43 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.hidden_size, bias=False)
         self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
         self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
+        # set by prepared_for_inference: q/k/v weights as one ((H + 2Hkv) D, d) matrix, and the
+        # q and k norms' gains as one (H + Hkv, D) table
+        self.qkv_weight: torch.Tensor | None = None
+        self.qk_gain: torch.Tensor | None = None
 
-    def forward(self, x, cos, sin, mask, layer_cache=None):
+    def prepare(self, on: bool) -> None:
+        H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        self.qkv_weight = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight)) if on else None
+        self.qk_gain = torch.cat((self.q_norm.gain().expand(H, D), self.k_norm.gain().expand(Hkv, D))) if on else None
+
+    def _qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """x (B, T, d) -> q (B, T, H, D), k and v (B, T, Hkv, D); q and k normed and rotated."""
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
-        q = apply_rope(self.q_norm(q), cos, sin)
-        k = apply_rope(self.k_norm(k), cos, sin)
-        if layer_cache is not None:
-            k, v = layer_cache.update(k, v)  # (B, Hkv, S, D): cached keys followed by the new ones
+        H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        if self.qkv_weight is None:
+            q = apply_rope(self.q_norm(self.q_proj(x).view(B, T, H, D)), cos, sin)
+            k = apply_rope(self.k_norm(self.k_proj(x).view(B, T, Hkv, D)), cos, sin)
+            return q, k, self.v_proj(x).view(B, T, Hkv, D)
+        # prepared: one matmul; q and k (adjacent in its output) normed and rotated as one tensor
+        qkv = F.linear(x, self.qkv_weight).view(B, T, H + 2 * Hkv, D)
+        qk = apply_rope(rms_norm(qkv[:, :, : H + Hkv], self.qk_gain, self.q_norm.eps), cos, sin)
+        return qk[:, :, :H], qk[:, :, H:], qkv[:, :, H + Hkv :]
+
+    def forward(self, x, cos, sin, mask, cache: KVCache | None = None):
+        B, T, _ = x.shape
+        H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        q, k, v = (t.transpose(1, 2) for t in self._qkv(x, cos, sin))  # (B, heads, T, D)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)  # (B, Hkv, S, D): what these queries attend to
+        if T == 1:  # one query a head: the G = H / Hkv heads sharing a KV head are G query rows of it
+            q = q.reshape(B, Hkv, H // Hkv, D)  # SDPA without enable_gqa: 3x faster at 200 keys on CPU
+        # no mask: causal over a fresh sequence (T > 1), or every cached key (T = 1)
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None, scale=self.scale,
-            enable_gqa=self.n_heads != self.n_kv_heads,
-        )  # (B, H, T, D)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+            q, k, v, attn_mask=mask, is_causal=mask is None and T > 1, scale=self.scale,
+            enable_gqa=q.size(1) != Hkv,
+        )  # (B, H, T, D), or (B, Hkv, G, D) for T = 1: the same order of heads
+        return self.o_proj(y.reshape(B, H, T, D).transpose(1, 2).reshape(B, T, H * D))
 
 
 class MLP(nn.Module):
@@ -105,7 +159,7 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
         self.is_sliding = cfg.layer_types[layer_idx] == SLIDING
-        self.self_attn = Attention(cfg)
+        self.self_attn = Attention(cfg, layer_idx)
         self.mlp = MLP(cfg)
         eps = cfg.rms_norm_eps
         self.input_layernorm = RMSNorm(cfg.hidden_size, eps)
@@ -114,8 +168,8 @@ class Block(nn.Module):
         self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, eps)
         self.dropout = cfg.dropout  # on each residual branch, training only
 
-    def forward(self, x, cos, sin, mask, layer_cache=None):
-        attn = self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), cos, sin, mask, layer_cache))
+    def forward(self, x, cos, sin, mask, cache=None):
+        attn = self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), cos, sin, mask, cache))
         x = x + _dropout(attn, self.dropout, self.training)
         mlp = self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
         return x + _dropout(mlp, self.dropout, self.training)
@@ -136,6 +190,7 @@ class Gemma3Model(nn.Module):
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self._mask_cache: dict[tuple, torch.Tensor] = {}
+        self._prepared = False
         if not any(p.is_meta for p in self.parameters()):
             self.init_weights()
 
@@ -158,6 +213,35 @@ class Gemma3Model(nn.Module):
             else:
                 p.normal_(0.0, std)
 
+    @contextlib.contextmanager
+    def prepared_for_inference(self) -> Iterator[Gemma3Model]:
+        """Within the block the modules run the same maths with fewer ops: each attention's q/k/v
+        as one matmul (weights concatenated on entry), every RMSNorm with (1 + w) precomputed.
+
+        The copies are made on entry and dropped on exit, so the weights must not change inside
+        (train.py samples between training steps: each sample prepares afresh). Nesting is allowed;
+        the outermost block owns the preparation.
+        """
+        if self._prepared:
+            yield self
+            return
+        norms = [m for m in self.modules() if isinstance(m, RMSNorm)]
+        fused = [m for m in self.modules() if isinstance(m, Attention)]
+        with torch.no_grad():
+            for n in norms:
+                n.prepared_gain = n.gain()
+            for m in fused:
+                m.prepare(True)
+        self._prepared = True
+        try:
+            yield self
+        finally:
+            self._prepared = False
+            for m in fused:
+                m.prepare(False)
+            for n in norms:
+                n.prepared_gain = None
+
     def _sliding_mask(self, T: int, device: torch.device) -> torch.Tensor | None:
         """Boolean (T, T) mask for a sliding layer over a fresh sequence, built once per (T, device)."""
         W = self.config.sliding_window
@@ -165,48 +249,50 @@ class Gemma3Model(nn.Module):
             return None  # the window covers the whole sequence: plain causal
         key = (T, W, str(device))
         if key not in self._mask_cache:
+            if len(self._mask_cache) >= 4:  # prompts of many lengths must not pile masks up
+                self._mask_cache.clear()
             i = torch.arange(T, device=device)
-            diff = i[:, None] - i[None, :]  # query - key
-            self._mask_cache[key] = (diff >= 0) & (diff < W)
+            self._mask_cache[key] = attention_mask(i, i, W)
         return self._mask_cache[key]
 
-    def hidden_states(self, input_ids, *, cache=None, positions=None) -> torch.Tensor:
+    def hidden_states(self, input_ids, *, cache: KVCache | None = None, rows: Sequence[int] | None = None):
         """input_ids (B, T) -> final-norm hidden states (B, T, hidden_size), the LM head's input.
 
-        With `cache` (a KVCache), `positions` (B, T) gives each token's position in its own
-        row; -1 marks left padding.
+        With `cache`, the tokens continue the cache's rows `rows` (all rows if None; B = len(rows)),
+        each at its own next position (KVCache.begin says what a call may feed).
         """
         B, T = input_ids.shape
         x = self.embed_tokens(input_ids)
         x = x * torch.tensor(self.config.hidden_size**0.5, dtype=x.dtype)  # scale in the weight dtype
         x = _dropout(x, self.config.dropout, self.training)
-        if cache is None:
-            pos = torch.arange(T, device=x.device) if positions is None else positions
+        pos, masks = (None, None) if cache is None else cache.begin(B, T, rows, x.device)
+        if masks is None:  # a fresh sequence: positions 0..T-1, causal (and windowed), as in training
             masks = {True: self._sliding_mask(T, x.device), False: None}
-        else:
-            pos = positions if positions is not None else cache.next_positions(B, T, x.device)
-            masks = cache.begin(pos, x.dtype)
-            pos = pos.clamp(min=0)
-        cfg = self.config
-        rope = {
-            True: rope_cos_sin(pos, cfg.head_dim, cfg.rope_local_base, x.dtype),
-            False: rope_cos_sin(pos, cfg.head_dim, cfg.rope_global_base, x.dtype),
-        }
-        for i, layer in enumerate(self.layers):
-            cos, sin = rope[layer.is_sliding]
-            x = layer(x, cos, sin, masks[layer.is_sliding], None if cache is None else cache.layers[i])
+            rope = self._rope(torch.arange(T, device=x.device), x.dtype)
+        else:  # one token per row, each at its own position (B, 1): rows of tables made once per cache
+            if cache.rope is None:
+                cache.rope = self._rope(torch.arange(cache.max_len, device=x.device), x.dtype)
+            rope = {s: (cos[pos], sin[pos]) for s, (cos, sin) in cache.rope.items()}
+        for layer in self.layers:
+            x = layer(x, *rope[layer.is_sliding], masks[layer.is_sliding], cache)
         return self.norm(x)
 
-    def forward(self, input_ids, targets=None, *, cache=None, positions=None, return_logits=False):
+    def _rope(self, positions: torch.Tensor, dtype: torch.dtype) -> dict[bool, tuple[torch.Tensor, torch.Tensor]]:
+        """RoPE cos/sin tables for `positions` (T,), keyed by is_sliding: each layer type has its own base."""
+        cfg = self.config
+        return {
+            True: rope_cos_sin(positions, cfg.head_dim, cfg.rope_local_base, dtype),
+            False: rope_cos_sin(positions, cfg.head_dim, cfg.rope_global_base, dtype),
+        }
+
+    def forward(self, input_ids, targets=None, *, cache=None, rows=None, return_logits=False):
         """input_ids (B, T) -> (logits (B, T, V), None); with `targets` -> (None, mean cross-entropy).
 
         With targets the loss is computed chunk-wise without the full logits (loss.py), so the
         logits slot is None; pass return_logits=True to get both (the plain, memory-hungry way).
-
-        With `cache` (a KVCache), `positions` (B, T) gives each token's position in its own
-        row; -1 marks left padding. Targets equal to -1 are ignored by the loss.
+        Targets equal to -1 are ignored by the loss. `cache` and `rows` as in hidden_states.
         """
-        x = self.hidden_states(input_ids, cache=cache, positions=positions)
+        x = self.hidden_states(input_ids, cache=cache, rows=rows)
         if targets is not None and not return_logits:
             # chunked head + loss: never materialises the (B*T, V) logits (see loss.py)
             return None, linear_cross_entropy(x, self.embed_tokens.weight, targets)
@@ -217,66 +303,112 @@ class Gemma3Model(nn.Module):
         return logits, loss
 
 
-class LayerCache:
-    """Keys/values of one layer. Full layers grow into a buffer of `capacity`;
-    sliding layers keep only the last `window` columns, so their memory is bounded."""
+@dataclass
+class _Plan:
+    """How one forward call uses the cache, the same for every layer of one type."""
 
-    def __init__(self, window: int | None):
-        self.window = window
-        self.k = self.v = None  # (B, Hkv, S, D)
-        self.n = 0  # filled columns (full layers)
+    write: tuple  # index of the new keys' columns in a (B, Hkv, C, D) buffer
+    arrange: Callable[[torch.Tensor], torch.Tensor]  # new keys (b, Hkv, T, D) -> the value stored there
+    read: tuple | None  # index of the columns the queries attend to; None: the new keys alone (a prompt)
 
-    def update(self, k: torch.Tensor, v: torch.Tensor):
-        T = k.size(2)
-        if self.window is not None:  # attend over [kept window | new], then keep the last `window`
-            if self.k is not None:
-                k, v = torch.cat((self.k, k), dim=2), torch.cat((self.v, v), dim=2)
-            self.k, self.v = k[:, :, -self.window :], v[:, :, -self.window :]
-            return k, v
-        if self.k is None:
-            raise RuntimeError("full-attention LayerCache used before allocate()")
-        self.k[:, :, self.n : self.n + T] = k
-        self.v[:, :, self.n : self.n + T] = v
-        self.n += T
-        return self.k[:, :, : self.n], self.v[:, :, : self.n]
+
+def _as_is(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def _only_column(t: torch.Tensor) -> torch.Tensor:
+    return t[:, :, 0]  # (b, Hkv, 1, D) -> (b, Hkv, D), for a write at a different slot per row
 
 
 class KVCache:
-    """Incremental-decoding state for a Gemma3Model: one LayerCache per layer plus the
-    key positions of each layer type (shared by all layers of that type)."""
+    """Keys and values of the tokens seen so far, preallocated, written by Gemma3Model's own forward.
 
-    def __init__(self, config: ModelConfig, batch_size: int, max_len: int, device, dtype=torch.float32):
-        self.config, self.max_len = config, max_len
-        W = config.sliding_window
-        self.layers = [LayerCache(W if t == SLIDING else None) for t in config.layer_types]
-        shape = (batch_size, config.n_kv_heads, max_len, config.head_dim)
-        for lc in self.layers:
-            if lc.window is None:
-                lc.k = torch.zeros(shape, device=device, dtype=dtype)
-                lc.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.key_pos = {True: None, False: None}  # (B, S) positions of cached keys, by is_sliding
-        self.seen = 0  # columns consumed so far
+    Each of the `batch_size` rows is one sequence with its own length (the position of its next
+    token). A forward call either feeds a prompt to rows that are empty, or one token to each of
+    some rows, wherever each row is. So a sequence can join a running batch in a free row while
+    the other rows are mid-decode, and `reset` frees a finished row for reuse.
 
-    def next_positions(self, B: int, T: int, device) -> torch.Tensor:
-        return torch.arange(self.seen, self.seen + T, device=device).expand(B, T)
+    Sliding layers keep a ring of min(sliding_window, max_len) columns: position p sits in slot
+    p % window, so after writing p the ring holds exactly the window p - window + 1 .. p. Full
+    layers keep max_len columns (slot = position). Memory: n_layers * 2 * batch_size * n_kv_heads
+    * head_dim values times the columns of each layer.
+    """
 
-    def begin(self, positions: torch.Tensor, dtype: torch.dtype) -> dict[bool, torch.Tensor]:
-        """Record the new tokens' positions; return the additive float mask per layer type."""
-        T = positions.size(1)
-        if self.seen + T > self.max_len:
-            raise ValueError(f"KVCache holds {self.max_len} positions; {self.seen + T} requested")
-        self.seen += T
+    def __init__(self, config: ModelConfig, batch_size: int, max_len: int, device=None, dtype=torch.float32):
+        self.config, self.batch_size, self.max_len = config, batch_size, max_len
+        self.lengths = [0] * batch_size  # tokens held per row = the position of its next token
+        self.sliding = [t == SLIDING for t in config.layer_types]
+        self.columns = {True: min(config.sliding_window, max_len), False: max_len}
+        shapes = [(batch_size, config.n_kv_heads, self.columns[s], config.head_dim) for s in self.sliding]
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for shape in shapes]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for shape in shapes]
+        self._plans: dict[bool, _Plan] = {}  # set by begin() for the forward under way
+        self.rope = None  # the model's RoPE tables for positions 0..max_len-1, made on the first step
+
+    def reset(self, row: int) -> None:
+        """Empty a row: its keys are never seen again, and it can take a new prompt."""
+        self.lengths[row] = 0
+
+    def begin(self, B: int, T: int, rows: Sequence[int] | None, device):
+        """Plan a forward of T tokens for each of `rows` (all rows if None).
+
+        Either every row is empty and takes a prompt of T tokens (returns None, None: the
+        prompt is a fresh sequence, masked as in training), or T = 1 and each row takes one
+        token at its own next position (returns positions (B, 1) and a mask per layer type,
+        keyed by is_sliding; None where every row sees all attended columns).
+        """
+        rows = list(range(self.batch_size)) if rows is None else list(rows)
+        if len(rows) != B or len(set(rows)) != B or not all(0 <= r < self.batch_size for r in rows):
+            raise ValueError(f"rows {rows} must be {B} different rows of the cache's {self.batch_size}")
+        starts = [self.lengths[r] for r in rows]
+        if T > 1 and any(starts):
+            raise ValueError("a prompt of several tokens goes into empty rows (KVCache.reset); "
+                             "rows that hold tokens take one token per forward")
+        if max(starts) + T > self.max_len:
+            raise ValueError(f"KVCache holds {self.max_len} positions; {max(starts) + T} requested")
+        for r in rows:
+            self.lengths[r] += T
+        index = slice(None) if rows == list(range(self.batch_size)) else torch.tensor(rows, device=device)
+        if not any(starts):
+            self._plan_prompt(T, index)
+            return None, None
+        return self._plan_step(starts, index, device)
+
+    def _plan_prompt(self, T: int, index) -> None:
+        for sliding, C in self.columns.items():
+            if T <= C:
+                self._plans[sliding] = _Plan((index, slice(None), slice(0, T)), _as_is, None)
+            else:  # the last C positions T-C..T-1 go to slots (T-C..T-1) % C: a rotation by T % C
+                arrange = lambda t, C=C: t[:, :, -C:].roll(T % C, dims=2)  # noqa: E731
+                self._plans[sliding] = _Plan((index, slice(None), slice(0, C)), arrange, None)
+
+    def _plan_step(self, starts: list[int], index, device):
+        q = torch.tensor(starts, device=device)[:, None]  # (B, 1): each row's position
         masks = {}
-        for sliding in (True, False):
-            old = self.key_pos[sliding]
-            keys = positions if old is None else torch.cat((old, positions), dim=1)  # (B, S)
-            q, k = positions[:, :, None], keys[:, None, :]  # (B, T, 1), (B, 1, S)
-            allowed = (k >= 0) & (k <= q)
-            if sliding:
-                allowed &= k > q - self.config.sliding_window
-                keys = keys[:, -self.config.sliding_window :]
-            self.key_pos[sliding] = keys
-            # Large negative instead of -inf: a padding query that sees nothing stays finite.
-            mask = torch.zeros(allowed.shape, dtype=dtype, device=positions.device)
-            masks[sliding] = mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]  # (B, 1, T, S)
-        return masks
+        for sliding, C in self.columns.items():
+            seen = [min(s + 1, C) for s in starts]  # columns holding each row's keys, after the write
+            n = max(seen)
+            slots = {s % C for s in starts}
+            if len(slots) == 1:
+                slot = slots.pop()
+                write, arrange = (index, slice(None), slice(slot, slot + 1)), _as_is
+            else:
+                rows = index if isinstance(index, torch.Tensor) else torch.arange(len(starts), device=device)
+                write, arrange = (rows, slice(None), q[:, 0] % C), _only_column
+            self._plans[sliding] = _Plan(write, arrange, (index, slice(None), slice(0, n)))
+            if min(seen) == n:
+                masks[sliding] = None  # every row sees all n columns
+            else:  # slot j holds the row's latest position p <= q with p = j (mod C); p < 0: empty
+                k_pos = q - (q - torch.arange(n, device=device)) % C  # (b, n)
+                window = self.config.sliding_window if sliding else None
+                masks[sliding] = attention_mask(q, k_pos, window)[:, None]  # (b, 1, 1, n)
+        return q, masks
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Store a layer's new keys and values (b, Hkv, T, D); return those its queries attend to."""
+        plan = self._plans[self.sliding[layer]]
+        self.k[layer][plan.write] = plan.arrange(k)
+        self.v[layer][plan.write] = plan.arrange(v)
+        if plan.read is None:
+            return k, v  # a prompt attends to itself, as in training
+        return self.k[layer][plan.read], self.v[layer][plan.read]

@@ -5,7 +5,7 @@ import torch
 
 from tinygemma.config import tiny
 from tinygemma.errors import TinyGemmaError
-from tinygemma.generate import LMHead, _TextStream, encode_prompt, generate, generate_ids, sample_next
+from tinygemma.generate import Batch, LMHead, _TextStream, encode_prompt, generate, generate_ids, sample_next
 from tinygemma.model import Gemma3Model
 
 
@@ -43,6 +43,74 @@ def test_cached_equals_recomputed_greedy_past_the_window(model):
     assert one_by_one == cached  # padding does not leak into the rows
 
 
+def greedy(batch: Batch, row: int, logits: torch.Tensor, others: dict[int, int] | None = None):
+    """One greedy step of `row` (and of the `others` rows, given their tokens) -> (token, logits of all rows)."""
+    token = int(logits.argmax())
+    rows = [row] + list(others or {})
+    return token, batch.step(rows, [token] + list((others or {}).values()))
+
+
+def run_alone(model, prompt: list[int], steps: int) -> tuple[list[int], torch.Tensor]:
+    with Batch(model, rows=1, max_len=64, fast_head=False) as batch:
+        row, logits = batch.join(prompt)
+        tokens, seen = [], [logits]
+        for _ in range(steps):
+            token, logits = greedy(batch, row, seen[-1])
+            tokens.append(token)
+            seen.append(logits[0])
+    return tokens, torch.stack(seen)
+
+
+def test_a_prompt_that_joins_a_running_batch_decodes_as_if_alone(model):
+    prompt = [5, 6, 7, 8]
+    alone_tokens, alone_logits = run_alone(model, prompt, steps=30)
+    with Batch(model, rows=3, max_len=64, fast_head=False) as batch:
+        first, logits = batch.join(list(range(10, 23)))  # 13 tokens > window 8
+        next_first = int(logits.argmax())
+        for _ in range(11):  # the first row is mid-decode, past the window, when the prompt joins
+            next_first = int(batch.step([first], [next_first])[0].argmax())
+        row, logits = batch.join(prompt)
+        tokens, seen, third = [], [logits], None
+        for i in range(30):
+            if i == 5:  # a third sequence joins for a while, then leaves
+                third, third_logits = batch.join([1, 2])
+            others = {first: next_first} if third is None else {first: next_first, third: int(third_logits.argmax())}
+            token, step_logits = greedy(batch, row, seen[-1], others)
+            tokens.append(token)
+            seen.append(step_logits[0])
+            next_first = int(step_logits[1].argmax())
+            if third is not None:
+                third_logits = step_logits[2]
+            if i == 15:
+                batch.leave(third)
+                third = None
+    assert tokens == alone_tokens
+    torch.testing.assert_close(torch.stack(seen), alone_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_a_freed_row_does_not_see_the_old_sequence(model):
+    prompt = [40, 41, 42]
+    alone_tokens, alone_logits = run_alone(model, prompt, steps=20)
+    with Batch(model, rows=2, max_len=64, fast_head=False) as batch:
+        old, logits = batch.join(list(range(100, 120)))
+        other, other_logits = batch.join(list(range(60, 72)))
+        for _ in range(10):  # the old sequence reaches 30 positions: the whole ring, 30 full-layer columns
+            logits, other_logits = batch.step([old, other], [int(logits.argmax()), int(other_logits.argmax())])
+        batch.leave(old)
+        row, logits = batch.join(prompt)
+        assert row == old  # the freed row is reused
+        with pytest.raises(TinyGemmaError, match="busy"):
+            batch.join([1])
+        tokens, seen = [], [logits]
+        for _ in range(20):  # beside the longer row, so the reused row's attention is masked
+            token, step_logits = greedy(batch, row, seen[-1], {other: int(other_logits.argmax())})
+            tokens.append(token)
+            seen.append(step_logits[0])
+            other_logits = step_logits[1]
+    assert tokens == alone_tokens
+    torch.testing.assert_close(torch.stack(seen), alone_logits, atol=1e-5, rtol=1e-5)
+
+
 def test_fast_head_gives_the_exact_greedy_tokens(model):
     prompts = [[1, 2, 3], [40, 41]]
     fast = generate_ids(model, prompts, 70, temperature=0, fast_head=True)
@@ -53,7 +121,7 @@ def test_fast_head_gives_the_exact_greedy_tokens(model):
     ref = x @ model.embed_tokens.weight.T
     top = ref.topk(5).indices
     torch.testing.assert_close(logits.gather(1, top), ref.gather(1, top))  # the top candidates are exact
-    assert (logits - ref).abs().max() < 1e-2
+    assert (logits - ref).abs().max() < 2e-2  # the rest: bf16 weights and bf16 sums, about 2^-8 relative
 
 
 def test_sampling_options():

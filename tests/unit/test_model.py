@@ -103,9 +103,9 @@ def test_kv_cache_sliding_layers_are_bounded(tiny_cfg):
         for _ in range(60):
             m.hidden_states(torch.randint(0, 256, (1, 1)), cache=cache)
     W, shape_full = tiny_cfg.sliding_window, (1, tiny_cfg.n_kv_heads, 100, tiny_cfg.head_dim)
-    for lc, kind in zip(cache.layers, tiny_cfg.layer_types):
+    for k, v, kind in zip(cache.k, cache.v, tiny_cfg.layer_types):
         if kind == SLIDING:
-            assert lc.k.shape == lc.v.shape == (1, tiny_cfg.n_kv_heads, W, tiny_cfg.head_dim)
+            assert k.shape == v.shape == (1, tiny_cfg.n_kv_heads, W, tiny_cfg.head_dim)
         else:
-            assert lc.k.shape == shape_full and lc.n == 65
-    assert cache.key_pos[True].shape == (1, W)
+            assert k.shape == v.shape == shape_full
+    assert cache.lengths == [65]
