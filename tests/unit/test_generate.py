@@ -5,7 +5,7 @@ import torch
 
 from tinygemma.config import tiny
 from tinygemma.errors import TinyGemmaError
-from tinygemma.generate import Batch, LMHead, _TextStream, encode_prompt, generate, generate_ids, sample_next
+from tinygemma.generate import Batch, LMHead, TextDecoder, encode_prompt, generate, generate_ids, sample_next
 from tinygemma.model import Gemma3Model
 
 
@@ -173,11 +173,19 @@ def test_streaming_pieces_add_up_to_the_text(model):
 
 
 def test_streaming_holds_back_a_split_utf8_character():
-    pieces = []
-    stream = _TextStream(CharTokenizer(), pieces.append)
-    for b in "é!".encode("utf-8"):  # 0xC3 0xA9 0x21
-        stream([b])
-    assert pieces == ["é", "!"]
+    decoder = TextDecoder(CharTokenizer())
+    assert [decoder.push(b) for b in "é!".encode("utf-8")] == ["", "é", "!"]  # 0xC3 0xA9 0x21
+
+
+def test_text_decoder_holds_back_what_may_start_a_stop_string_and_cuts_before_it():
+    decoder = TextDecoder(CharTokenizer(), stop=["THE END", "!!"])
+    pieces = [decoder.push(b) for b in "so THE happy!".encode()]
+    assert "".join(pieces) == "so THE happy" and not decoder.stopped  # "!" waits: it may begin "!!"
+    assert pieces[3:7] == ["", "", "", ""] and pieces[7] == "THE h"  # "THE " waited too
+    assert decoder.flush() == "!" and decoder.flush() == ""
+    decoder = TextDecoder(CharTokenizer(), stop=["THE END", "!!"])
+    pieces = [decoder.push(b) for b in "ok THE END more".encode()]
+    assert "".join(pieces) == "ok " and decoder.stopped and pieces[-1] == "" and decoder.flush() == ""
 
 
 def test_prompts_start_with_the_token_documents_start_with_in_training(model):
