@@ -112,6 +112,7 @@ class Engine:
         self._live: dict[int, Sequence] = {}  # row -> its sequence (touched by the engine's thread only)
         self._logits: dict[int, torch.Tensor] = {}  # row -> logits (V,) of its next token
         self._held = 0  # sequences submitted and not finished
+        self._finished = collections.Counter()  # finish reason -> sequences so far
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="tinygemma-engine", daemon=True)
@@ -136,7 +137,7 @@ class Engine:
     def stats(self) -> dict[str, int]:
         with self._cond:
             return {"rows": self.rows, "capacity": self.capacity, "active": len(self._live),
-                    "waiting": len(self._waiting)}
+                    "waiting": len(self._waiting), "finished": dict(self._finished)}
 
     def submit(self, seqs: list[Sequence]) -> None:
         """Queue sequences to be written, all or none; QueueFull if they do not fit now."""
@@ -214,7 +215,9 @@ class Engine:
         self._done(seq, reason)
 
     def _done(self, seq: Sequence, reason: str | None) -> None:
-        if reason is not None:
-            seq.finish(reason)
+        """Count a sequence out (before its last event, so stats() agree once the caller has it)."""
         with self._cond:
             self._held -= 1
+            self._finished[seq.finish_reason or reason] += 1
+        if reason is not None:
+            seq.finish(reason)

@@ -8,7 +8,7 @@ server-sent events or whole. Routes (docs/SERVE.md):
     POST /v1/completions   prompt (string, strings, token ids), max_tokens, temperature, top_p, top_k,
                            stop, n, seed, stream (+ stream_options.include_usage)
     GET  /v1/models        the one model served
-    GET  /health           {"status": "ok", rows, capacity, active, waiting}
+    GET  /health           {"status": "ok", model, rows, capacity, active, waiting, finished: {reason: count}}
     GET  /                 the page: prompt, temperature, length, Write and Stop
 
 There is no /v1/chat/completions: a story model continues text and has no chat format to map

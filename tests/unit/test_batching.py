@@ -118,7 +118,7 @@ def _cancel_and_bounds(e):
     first.cancel()
     assert first.on_event.done.wait(10) and first.on_event.reason == "cancelled" and first.tokens < 2000
     second.cancel()
-    assert second.on_event.done.wait(10) and e.stats()["active"] == 0
+    assert second.on_event.done.wait(10) and e.stats()["active"] == 0 and e.stats()["finished"] == {"cancelled": 2}
     third = write(e, [[1]], [Sampling(max_new_tokens=3, temperature=0)])[0]  # the rows are free again
     assert third[1:] == ("length", 3)
     with pytest.raises(TinyGemmaError, match="fit"):
