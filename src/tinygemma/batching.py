@@ -75,24 +75,29 @@ class Sequence:
         self.generator = torch.Generator(device=device).manual_seed(self.seed)
         self.decoder = TextDecoder(tokenizer, self.sampling.stop)
 
-    def take(self, logits: torch.Tensor, eot_id: int | None) -> int | None:
-        """Sample the next token from logits (V,) and pass its text on -> the token, or None when finished."""
-        s = self.sampling
-        token = int(sample_next(logits[None], s.temperature, s.top_k, s.top_p, self.generator)[0])
+    def draw(self) -> torch.Tensor:
+        """This sequence's next uniform draw (1,), from its own generator."""
+        return torch.rand(1, generator=self.generator, device=self.generator.device)
+
+    def take(self, token: int, eot_id: int | None) -> bool:
+        """Take the sampled token and pass its text on -> whether the sequence goes on."""
         if token == eot_id:
-            return self.finish("stop")
+            self.finish("stop")
+            return False
         self.tokens += 1
         piece = self.decoder.push(token)
         if piece:
             self.on_event(piece, None)
         if self.decoder.stopped:
-            return self.finish("stop")
-        if self.tokens >= s.max_new_tokens:
+            self.finish("stop")
+            return False
+        if self.tokens >= self.sampling.max_new_tokens:
             piece = self.decoder.flush()
             if piece:
                 self.on_event(piece, None)
-            return self.finish("length")
-        return token
+            self.finish("length")
+            return False
+        return True
 
     def finish(self, reason: str) -> None:
         if self.finish_reason is None:
@@ -195,16 +200,31 @@ class Engine:
 
     def _advance(self, batch: Batch) -> None:
         """Each row samples its next token; finished and cancelled rows leave; one step for the rest."""
+        for row in [r for r, seq in self._live.items() if seq.cancelled]:
+            self._leave(batch, row, "cancelled")
         rows, tokens = [], []
-        for row, seq in list(self._live.items()):
-            token = None if seq.cancelled else seq.take(self._logits[row], self.tokenizer.eot_id)
-            if token is None:
-                self._leave(batch, row, "cancelled" if seq.cancelled else None)
-            else:
+        for row, token in self._sample().items():
+            if self._live[row].take(token, self.tokenizer.eot_id):
                 rows.append(row)
                 tokens.append(token)
+            else:
+                self._leave(batch, row, None)
         if rows:
             self._logits.update(zip(rows, batch.step(rows, tokens)))
+
+    def _sample(self) -> dict[int, int]:
+        """The next token of every live row: one sample_next call per group of rows with the same settings,
+        each row with a uniform draw from its own generator -> {row: token}."""
+        groups: dict[tuple, list[int]] = collections.defaultdict(list)
+        for row, seq in self._live.items():
+            s = seq.sampling
+            groups[(s.temperature, s.top_k, s.top_p)].append(row)
+        out = {}
+        for (temperature, top_k, top_p), rows in groups.items():
+            logits = torch.stack([self._logits[r] for r in rows])  # (n, V)
+            uniform = torch.cat([self._live[r].draw() for r in rows]) if temperature > 0 else None
+            out.update(zip(rows, sample_next(logits, temperature, top_k, top_p, uniform=uniform).tolist()))
+        return out
 
     def _leave(self, batch: Batch, row: int, reason: str | None) -> None:
         """Free a row; `reason` finishes its sequence when it has not finished itself."""

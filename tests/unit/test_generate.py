@@ -204,3 +204,14 @@ def test_empty_prompt_starts_from_end_of_text(model):
         generate_ids(model, [[1]], max_new_tokens=10_000)
     with pytest.raises(TinyGemmaError, match="top-p"):
         generate_ids(model, [[1]], top_p=1.5)
+
+
+def test_sampling_follows_the_distribution_and_never_picks_a_dropped_token():
+    logits = torch.tensor([[0.2, 0.5, 0.3, 0.0]]).log().expand(30_000, 4)  # the last token has probability 0
+    picks = sample_next(logits, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(picks, minlength=4).float() / len(picks)
+    assert torch.allclose(freq, torch.tensor([0.2, 0.5, 0.3, 0.0]), atol=0.015) and freq[3] == 0
+    edges = sample_next(logits[:3], temperature=1.0, uniform=torch.tensor([0.0, 0.69999, 0.99999]))
+    assert edges.tolist() == [0, 1, 2]
+    top = sample_next(logits[:1000], temperature=1.0, top_k=1, generator=torch.Generator().manual_seed(1))
+    assert (top == 1).all()
