@@ -40,6 +40,7 @@ bench: setup
 	$(PY) benchmarks/loss.py
 	$(PY) benchmarks/generate.py
 	$(PY) benchmarks/quality.py
+	$(PY) benchmarks/serve.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
