@@ -1,5 +1,6 @@
 # Two commands on a fresh machine: `make demo` and `make test`.
 # Both create .venv on first use. torch is pinned to the CPU wheel that lies on disk.
+# The serve tests need Debian's chromium and chromium-driver (.ci/run installs them).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -12,7 +13,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,gguf]'
+	$(PY) -m pip install -q -e '.[dev,gguf,serve]'
 	touch $(STAMP)
 
 demo: setup
@@ -39,6 +40,7 @@ bench: setup
 	$(PY) benchmarks/loss.py
 	$(PY) benchmarks/generate.py
 	$(PY) benchmarks/quality.py
+	$(PY) benchmarks/serve.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -1,4 +1,4 @@
-"""`tinygemma prepare | data | train | generate | eval | export | import | quickstart`.
+"""`tinygemma prepare | data | train | generate | eval | export | import | serve | quickstart`.
 
 Each command's arguments live in its own `add_<command>` function; the work lives in the
 concern's module:
@@ -11,6 +11,8 @@ concern's module:
   generate       checkpoint.py loads the model; generate.py samples (one model forward, KVCache rows)
   eval           checkpoint.py, evaluate.py
   export/import  checkpoint.py, hf.py
+  serve          checkpoint.py loads the model; batching.py writes all requests in one continuous batch;
+                 serve.py is the web layer (FastAPI, uvicorn)
   quickstart     quickstart.py: prepare, train, stories and scores in one command
 User errors print as one line and exit 2: errors.TinyGemmaError, raised where the input enters, and
 argparse's own (a flag's value is checked by its `type`, e.g. `_arg(int, ge=1)`). Files are written
@@ -373,6 +375,48 @@ def add_import(sub) -> None:
     p.set_defaults(func=run)
 
 
+# ---------------------------------------------------------------- serve (batching.py, serve.py)
+def add_serve(sub) -> None:
+    import os
+
+    p = sub.add_parser("serve", help="an OpenAI-compatible completions API and a story page (FastAPI)",
+                       description="Serve a model over HTTP: POST /v1/completions (OpenAI's API, streaming or not), "
+                                   "GET /v1/models, GET /health, and a page at / to write stories. Concurrent requests "
+                                   "share decoding steps (continuous batching). docs/SERVE.md has the details.")
+    _add_checkpoint_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default %(default)s)")
+    p.add_argument("--api-key", default=os.environ.get("TINYGEMMA_API_KEY") or None, metavar="KEY",
+                   help="require `Authorization: Bearer KEY` on /v1/ (default: $TINYGEMMA_API_KEY, else none)")
+    p.add_argument("--slots", type=int, default=32, help="sequences written at once, one KV-cache row each "
+                   "(default %(default)s)")
+    p.add_argument("--queue", type=int, default=64, help="sequences that may wait for a slot; past that, 429 "
+                   "(default %(default)s)")
+    p.add_argument("--context", type=int, default=2048, help="positions per slot, prompt + new tokens, at most "
+                   "the model's (default %(default)s); longer prompts keep their last tokens")
+
+    def run(a) -> int:
+        try:
+            from tinygemma import serve
+        except ImportError as e:
+            raise TinyGemmaError(f"serve needs the serve extra ({e.name} is missing): pip install 'tinygemma[serve]'")
+        from tinygemma.batching import Engine
+        from pathlib import Path
+
+        if a.slots < 1 or a.queue < 0 or a.context < 2:
+            raise TinyGemmaError("--slots must be at least 1, --queue at least 0, --context at least 2")
+        model, cfg, tok, _ = _load_for_cli(a)
+        context = min(a.context, cfg.max_position_embeddings)
+        engine = Engine(model, tok, rows=a.slots, max_len=context, max_waiting=a.queue)
+        name = Path(str(a.checkpoint)).stem or "tinygemma"
+        print(f"serving {name} ({cfg.n_params / 1e6:.1f}M parameters, {a.slots} slots of {context} positions) at "
+              f"http://{a.host}:{a.port}/{'' if a.api_key else ' (no API key)'}", flush=True)
+        serve.run(engine, name, a.host, a.port, a.api_key)
+        return 0
+
+    p.set_defaults(func=run)
+
+
 # ---------------------------------------------------------------- quickstart (quickstart.py)
 def add_quickstart(sub) -> None:
     from tinygemma.quickstart import QuickstartOptions
@@ -424,7 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"tinygemma {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (add_prepare, add_data, add_train, add_generate, add_eval, add_export, add_import, add_quickstart):
+    for add in (add_prepare, add_data, add_train, add_generate, add_eval, add_export, add_import, add_serve,
+                add_quickstart):
         add(sub)
     return parser
 

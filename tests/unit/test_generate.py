@@ -5,7 +5,7 @@ import torch
 
 from tinygemma.config import tiny
 from tinygemma.errors import TinyGemmaError
-from tinygemma.generate import Batch, LMHead, _TextStream, encode_prompt, generate, generate_ids, sample_next
+from tinygemma.generate import Batch, LMHead, TextDecoder, encode_prompt, generate, generate_ids, sample_next
 from tinygemma.model import Gemma3Model
 
 
@@ -173,11 +173,19 @@ def test_streaming_pieces_add_up_to_the_text(model):
 
 
 def test_streaming_holds_back_a_split_utf8_character():
-    pieces = []
-    stream = _TextStream(CharTokenizer(), pieces.append)
-    for b in "é!".encode("utf-8"):  # 0xC3 0xA9 0x21
-        stream([b])
-    assert pieces == ["é", "!"]
+    decoder = TextDecoder(CharTokenizer())
+    assert [decoder.push(b) for b in "é!".encode("utf-8")] == ["", "é", "!"]  # 0xC3 0xA9 0x21
+
+
+def test_text_decoder_holds_back_what_may_start_a_stop_string_and_cuts_before_it():
+    decoder = TextDecoder(CharTokenizer(), stop=["THE END", "!!"])
+    pieces = [decoder.push(b) for b in "so THE happy!".encode()]
+    assert "".join(pieces) == "so THE happy" and not decoder.stopped  # "!" waits: it may begin "!!"
+    assert pieces[3:7] == ["", "", "", ""] and pieces[7] == "THE h"  # "THE " waited too
+    assert decoder.flush() == "!" and decoder.flush() == ""
+    decoder = TextDecoder(CharTokenizer(), stop=["THE END", "!!"])
+    pieces = [decoder.push(b) for b in "ok THE END more".encode()]
+    assert "".join(pieces) == "ok " and decoder.stopped and pieces[-1] == "" and decoder.flush() == ""
 
 
 def test_prompts_start_with_the_token_documents_start_with_in_training(model):
@@ -196,3 +204,14 @@ def test_empty_prompt_starts_from_end_of_text(model):
         generate_ids(model, [[1]], max_new_tokens=10_000)
     with pytest.raises(TinyGemmaError, match="top-p"):
         generate_ids(model, [[1]], top_p=1.5)
+
+
+def test_sampling_follows_the_distribution_and_never_picks_a_dropped_token():
+    logits = torch.tensor([[0.2, 0.5, 0.3, 0.0]]).log().expand(30_000, 4)  # the last token has probability 0
+    picks = sample_next(logits, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(picks, minlength=4).float() / len(picks)
+    assert torch.allclose(freq, torch.tensor([0.2, 0.5, 0.3, 0.0]), atol=0.015) and freq[3] == 0
+    edges = sample_next(logits[:3], temperature=1.0, uniform=torch.tensor([0.0, 0.69999, 0.99999]))
+    assert edges.tolist() == [0, 1, 2]
+    top = sample_next(logits[:1000], temperature=1.0, top_k=1, generator=torch.Generator().manual_seed(1))
+    assert (top == 1).all()

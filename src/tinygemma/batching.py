@@ -1,0 +1,243 @@
+"""Continuous batching: many requests share the decoding steps of one generate.Batch.
+
+An `Engine` owns a model, its tokenizer and one `Batch` of KV-cache rows, and runs the decode
+loop in a thread of its own:
+
+    with Engine(model, tokenizer, rows=32, max_len=2048, max_waiting=64).start() as engine:
+        seq = Sequence(prompt_ids, Sampling(max_new_tokens=200, temperature=0.8, seed=1), on_event)
+        engine.submit([seq])   # QueueFull when rows + max_waiting sequences are already there
+        seq.cancel()           # from any thread: the row is freed at the next step
+
+Between two steps, waiting sequences join free rows (one prefill each) and finished ones leave,
+so a new request never waits for the others to end, and every step computes one token for each
+row still writing. Each sequence samples with its own settings and its own torch.Generator
+(seeded with its seed, else at random), so a seeded sequence gets the same tokens alone or beside
+others, as far as the batch's floating-point sums equal a single row's.
+
+`on_event(piece, finish_reason)` is called from the engine's thread: with each new piece of
+final text (finish_reason None), then once with the finish reason: "stop" (the end-of-text token
+or a stop string; neither is in the text), "length" (max_new_tokens written), "cancelled" or
+"error" (a bug: logged, and the engine goes on with the other sequences).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import secrets
+import threading
+from dataclasses import dataclass
+from typing import Callable, Sequence as Seq
+
+import torch
+
+from tinygemma.errors import TinyGemmaError
+from tinygemma.generate import Batch, TextDecoder, sample_next
+from tinygemma.model import Gemma3Model
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    """Every row is taken and the waiting line is full: the caller should retry later."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How one sequence is written: generate.sample_next's settings, a length, a seed, stop strings."""
+
+    max_new_tokens: int = 16
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+class Sequence:
+    """One text being written: its prompt, its settings, its generator, its text so far."""
+
+    def __init__(self, prompt_ids: Seq[int], sampling: Sampling, on_event: Callable[[str, str | None], None]):
+        self.prompt_ids, self.sampling, self.on_event = list(prompt_ids), sampling, on_event
+        self.seed = sampling.seed if sampling.seed is not None else secrets.randbits(63)
+        self.tokens = 0  # new tokens sampled, the end-of-text not counted
+        self.finish_reason: str | None = None
+        self.cancelled = False  # set by any thread; the engine reads it between steps
+        self.generator: torch.Generator | None = None
+        self.decoder: TextDecoder | None = None
+
+    def cancel(self) -> None:
+        """Stop writing this sequence: its row leaves the batch at the next step."""
+        self.cancelled = True
+
+    def begin(self, tokenizer, device: torch.device) -> None:
+        """Called by the engine as the sequence takes its row."""
+        self.generator = torch.Generator(device=device).manual_seed(self.seed)
+        self.decoder = TextDecoder(tokenizer, self.sampling.stop)
+
+    def draw(self) -> torch.Tensor:
+        """This sequence's next uniform draw (1,), from its own generator."""
+        return torch.rand(1, generator=self.generator, device=self.generator.device)
+
+    def take(self, token: int, eot_id: int | None) -> bool:
+        """Take the sampled token and pass its text on -> whether the sequence goes on."""
+        if token == eot_id:
+            self.finish("stop")
+            return False
+        self.tokens += 1
+        piece = self.decoder.push(token)
+        if piece:
+            self.on_event(piece, None)
+        if self.decoder.stopped:
+            self.finish("stop")
+            return False
+        if self.tokens >= self.sampling.max_new_tokens:
+            piece = self.decoder.flush()
+            if piece:
+                self.on_event(piece, None)
+            self.finish("length")
+            return False
+        return True
+
+    def finish(self, reason: str) -> None:
+        if self.finish_reason is None:
+            self.finish_reason = reason
+            self.on_event("", reason)
+
+
+class Engine:
+    """The decode loop over one Batch of `rows` rows, fed by a bounded line of waiting sequences."""
+
+    def __init__(self, model: Gemma3Model, tokenizer, rows: int, max_len: int, max_waiting: int):
+        if rows < 1 or max_waiting < 0:
+            raise TinyGemmaError(f"the engine needs at least one row and a non-negative queue, got {rows}, {max_waiting}")
+        self.model, self.tokenizer, self.rows, self.max_len = model, tokenizer, rows, max_len
+        self.capacity = rows + max_waiting  # sequences held at once, writing or waiting
+        self._waiting: collections.deque[Sequence] = collections.deque()
+        self._live: dict[int, Sequence] = {}  # row -> its sequence (touched by the engine's thread only)
+        self._logits: dict[int, torch.Tensor] = {}  # row -> logits (V,) of its next token
+        self._held = 0  # sequences submitted and not finished
+        self._finished = collections.Counter()  # finish reason -> sequences so far
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="tinygemma-engine", daemon=True)
+
+    def start(self) -> Engine:
+        self._thread.start()
+        return self
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Cancel what is left and stop the loop."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join()
+
+    def stats(self) -> dict[str, int]:
+        with self._cond:
+            return {"rows": self.rows, "capacity": self.capacity, "active": len(self._live),
+                    "waiting": len(self._waiting), "finished": dict(self._finished)}
+
+    def submit(self, seqs: list[Sequence]) -> None:
+        """Queue sequences to be written, all or none; QueueFull if they do not fit now."""
+        V = self.model.config.vocab_size
+        for s in seqs:
+            if not 0 < len(s.prompt_ids) or len(s.prompt_ids) + s.sampling.max_new_tokens > self.max_len:
+                raise TinyGemmaError(f"a prompt of {len(s.prompt_ids)} tokens plus {s.sampling.max_new_tokens} new ones "
+                                     f"does not fit the engine's {self.max_len} positions")
+            if not all(0 <= t < V for t in s.prompt_ids):
+                raise TinyGemmaError(f"a prompt token id is outside the model's vocabulary (0..{V - 1})")
+        with self._cond:
+            if self._closed:
+                raise QueueFull("the engine is shutting down")
+            if self._held + len(seqs) > self.capacity:
+                raise QueueFull(f"{self._held} of {self.capacity} sequences are already writing or waiting")
+            self._held += len(seqs)
+            self._waiting.extend(seqs)
+            self._cond.notify()
+
+    def _run(self) -> None:
+        with Batch(self.model, self.rows, self.max_len) as batch:
+            while self._wait_for_work():
+                try:
+                    self._admit(batch)
+                    self._advance(batch)
+                except Exception:  # a bug: end the sequences under way, keep serving the others
+                    log.exception("the decode step failed; its sequences end with finish_reason 'error'")
+                    for row in list(self._live):
+                        self._leave(batch, row, "error")
+            for row in list(self._live):
+                self._leave(batch, row, "cancelled")
+            for seq in self._waiting:
+                seq.finish("cancelled")
+
+    def _wait_for_work(self) -> bool:
+        with self._cond:
+            while not self._live and not self._waiting and not self._closed:
+                self._cond.wait()
+            return not self._closed
+
+    def _admit(self, batch: Batch) -> None:
+        """Waiting sequences take the free rows, each with one prefill of its prompt."""
+        while batch.free:
+            with self._cond:
+                if not self._waiting:
+                    return
+                seq = self._waiting.popleft()
+            if seq.cancelled:
+                self._done(seq, "cancelled")
+                continue
+            seq.begin(self.tokenizer, batch.device)
+            row, logits = batch.join(seq.prompt_ids)
+            with self._cond:
+                self._live[row], self._logits[row] = seq, logits
+
+    def _advance(self, batch: Batch) -> None:
+        """Each row samples its next token; finished and cancelled rows leave; one step for the rest."""
+        for row in [r for r, seq in self._live.items() if seq.cancelled]:
+            self._leave(batch, row, "cancelled")
+        rows, tokens = [], []
+        for row, token in self._sample().items():
+            if self._live[row].take(token, self.tokenizer.eot_id):
+                rows.append(row)
+                tokens.append(token)
+            else:
+                self._leave(batch, row, None)
+        if rows:
+            self._logits.update(zip(rows, batch.step(rows, tokens)))
+
+    def _sample(self) -> dict[int, int]:
+        """The next token of every live row: one sample_next call per group of rows with the same settings,
+        each row with a uniform draw from its own generator -> {row: token}."""
+        groups: dict[tuple, list[int]] = collections.defaultdict(list)
+        for row, seq in self._live.items():
+            s = seq.sampling
+            groups[(s.temperature, s.top_k, s.top_p)].append(row)
+        out = {}
+        for (temperature, top_k, top_p), rows in groups.items():
+            logits = torch.stack([self._logits[r] for r in rows])  # (n, V)
+            uniform = torch.cat([self._live[r].draw() for r in rows]) if temperature > 0 else None
+            out.update(zip(rows, sample_next(logits, temperature, top_k, top_p, uniform=uniform).tolist()))
+        return out
+
+    def _leave(self, batch: Batch, row: int, reason: str | None) -> None:
+        """Free a row; `reason` finishes its sequence when it has not finished itself."""
+        with self._cond:
+            seq = self._live.pop(row)
+            del self._logits[row]
+        batch.leave(row)
+        self._done(seq, reason)
+
+    def _done(self, seq: Sequence, reason: str | None) -> None:
+        """Count a sequence out (before its last event, so stats() agree once the caller has it)."""
+        with self._cond:
+            self._held -= 1
+            self._finished[seq.finish_reason or reason] += 1
+        if reason is not None:
+            seq.finish(reason)
