@@ -146,7 +146,7 @@ class ModelConfig:
 
     vocab_size: int = ranged(262_144, ge=1)
     hidden_size: int = ranged(640, ge=1)
-    n_layers: int = ranged(18, ge=1)
+    n_layers: int = ranged(18, ge=1, le=1024)  # bounded: layer_types is built with one entry a layer
     n_heads: int = ranged(4, ge=1)
     n_kv_heads: int = ranged(1, ge=1)
     head_dim: int = ranged(256, ge=2)  # even: RoPE rotates pairs of dimensions

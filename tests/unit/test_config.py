@@ -44,7 +44,7 @@ BAD_TRAIN = [
     ("preset", "huge"), ("compile", "yes"), ("fsdp", 1), ("data_dir", 3), ("sample_prompt", None), ("model", 3),
 ]
 BAD_MODEL = [
-    ("vocab_size", 0), ("hidden_size", 2.5), ("n_layers", 0), ("n_heads", 0), ("n_kv_heads", 3), ("head_dim", 15),
+    ("vocab_size", 0), ("hidden_size", 2.5), ("n_layers", 0), ("n_layers", 10**9), ("n_heads", 0), ("n_kv_heads", 3), ("head_dim", 15),
     ("head_dim", "16"), ("intermediate_size", -4), ("sliding_window", 0), ("rope_local_base", float("nan")),
     ("rope_global_base", 0.5), ("query_pre_attn_scalar", 0), ("rms_norm_eps", 0.0), ("max_position_embeddings", 0),
     ("init_std", float("inf")), ("pad_token_id", -1), ("bos_token_id", 300), ("dropout", 1.0),
