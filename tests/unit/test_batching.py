@@ -4,12 +4,11 @@ import threading
 
 import pytest
 import torch
+from conftest import sharp_tiny_model
 
 from tinygemma.batching import Engine, QueueFull, Sampling, Sequence
-from tinygemma.config import tiny
 from tinygemma.errors import TinyGemmaError
 from tinygemma.generate import generate_ids
-from tinygemma.model import Gemma3Model
 
 
 class ByteTokenizer:
@@ -29,12 +28,7 @@ class ByteTokenizer:
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    m = Gemma3Model(tiny(vocab_size=257)).eval()
-    with torch.no_grad():  # sharper, non-trivial distributions than the init's
-        for name, p in m.named_parameters():
-            p.normal_(0.0, 0.5 if name.endswith("norm.weight") else 0.15)
-    return m
+    return sharp_tiny_model()
 
 
 class Collect:

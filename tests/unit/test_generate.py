@@ -2,11 +2,10 @@
 
 import pytest
 import torch
+from conftest import sharp_tiny_model
 
-from tinygemma.config import tiny
 from tinygemma.errors import TinyGemmaError
 from tinygemma.generate import Batch, LMHead, TextDecoder, encode_prompt, generate, generate_ids, sample_next
-from tinygemma.model import Gemma3Model
 
 
 class CharTokenizer:
@@ -24,12 +23,7 @@ class CharTokenizer:
 
 @pytest.fixture
 def model():
-    torch.manual_seed(0)
-    m = Gemma3Model(tiny(vocab_size=257)).eval()
-    with torch.no_grad():  # sharper, non-trivial distributions than the init's
-        for name, p in m.named_parameters():
-            p.normal_(0.0, 0.5 if name.endswith("norm.weight") else 0.15)
-    return m
+    return sharp_tiny_model()
 
 
 def test_cached_equals_recomputed_greedy_past_the_window(model):
