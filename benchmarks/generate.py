@@ -3,8 +3,9 @@
 Same weights (random init with non-trivial norms, exported to a Gemma3ForCausalLM),
 greedy, batch 1, a 16-token prompt, 256 new tokens, fp32, CPU threads set by --threads.
 Also three ablations of ours: the same cached forward without `prepared_for_inference`
-(separate q/k/v matmuls, norms computing 1 + w each time), the exact fp32 head instead of
-the bf16-ranked one, and no cache at all (fewer tokens: it recomputes every prefix).
+(separate q/k/v and gate/up matmuls, norms computing 1 + w each time), the exact fp32 head
+instead of the ranked one (an int8 or bf16 copy, exact near the top), and no cache at all
+(fewer tokens: it recomputes every prefix).
 With --llamacpp, llama.cpp too (`make llama-cpp`), on the same weights exported to GGUF
 in f32 and q8_0 (bench_llamacpp); --no-hf runs only that comparison.
 

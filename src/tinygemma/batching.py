@@ -163,7 +163,7 @@ class Engine:
             self._cond.notify()
 
     def _run(self) -> None:
-        with Batch(self.model, self.rows, self.max_len) as batch:
+        with Batch(self.model, self.rows, self.max_len, batch_invariant=True) as batch:  # seeded text alike alone or not
             while self._wait_for_work():
                 try:
                     self._admit(batch)

@@ -5,7 +5,7 @@ import torch
 from conftest import sharp_tiny_model
 
 from tinygemma.errors import TinyGemmaError
-from tinygemma.generate import Batch, LMHead, TextDecoder, encode_prompt, generate, generate_ids, sample_next
+from tinygemma.generate import Batch, LMHead, Ranking, TextDecoder, encode_prompt, generate, generate_ids, sample_next
 
 
 class CharTokenizer:
@@ -110,12 +110,32 @@ def test_fast_head_gives_the_exact_greedy_tokens(model):
     fast = generate_ids(model, prompts, 70, temperature=0, fast_head=True)
     exact = generate_ids(model, prompts, 70, temperature=0, fast_head=False)
     assert fast == exact
-    x = torch.randn(3, model.config.hidden_size)
-    logits = LMHead(model.embed_tokens.weight, fast=True, exact_top=5)(x)
-    ref = x @ model.embed_tokens.weight.T
-    top = ref.topk(5).indices
-    torch.testing.assert_close(logits.gather(1, top), ref.gather(1, top))  # the top candidates are exact
-    assert (logits - ref).abs().max() < 2e-2  # the rest: bf16 weights and bf16 sums, about 2^-8 relative
+    weight = model.embed_tokens.weight
+    for rows in (1, 3):  # one row ranks with int8 weights on CPU, several with bf16
+        x = torch.randn(rows, model.config.hidden_size)
+        logits = LMHead(weight, fast=True)(x)
+        ref = x @ weight.T
+        approx, err = Ranking.of(weight).logits(x)
+        assert ((approx - ref).abs() <= err + approx.abs() * 2**-8).all()  # the stated error bound holds
+        assert (logits.argmax(-1) == ref.argmax(-1)).all()
+        near = ref >= ref.amax(-1, keepdim=True) - 2 * err  # could be the greedy pick: recomputed exactly
+        torch.testing.assert_close(logits[near], ref[near])
+        assert (logits - ref).abs().max() < 5e-2  # the rest: int8 or bf16 weights, bf16 sums
+
+
+def test_fast_head_copies_follow_the_weights(model):
+    weight = model.embed_tokens.weight
+    first = Ranking.of(weight)
+    assert Ranking.of(weight) is first  # made once per version of the weights
+    with torch.no_grad():
+        weight.mul_(2.0)  # an in-place change, as an optimizer step makes
+    try:
+        again = Ranking.of(weight)
+        assert again is not first
+        torch.testing.assert_close(again.bf16.float(), weight, rtol=2**-8, atol=0)
+    finally:
+        with torch.no_grad():
+            weight.mul_(0.5)
 
 
 def test_sampling_options():
