@@ -221,9 +221,11 @@ def _load_for_cli(a, need_tokenizer: bool = True):
     """-> (model, config, tokenizer, device) from the --checkpoint/--device/--tokenizer arguments."""
     from tinygemma.checkpoint import load_model
     from tinygemma.tokenizer import load_tokenizer
-    from tinygemma.device import resolve_device
+    from tinygemma.device import keep_freed_memory, resolve_device
 
     device = resolve_device(a.device)
+    if device.type == "cpu":
+        keep_freed_memory()  # as training does: decoding many rows frees and reallocates MBs a step
     model, cfg, tok = load_model(a.checkpoint, device=device)
     if a.tokenizer:
         tok = load_tokenizer(a.tokenizer)

@@ -26,6 +26,7 @@ from typing import Callable, ClassVar, Sequence
 import torch
 import torch.nn.functional as F
 
+from tinygemma.device import native_bf16
 from tinygemma.errors import TinyGemmaError
 from tinygemma.model import Gemma3Model, KVCache
 
@@ -127,14 +128,18 @@ class LMHead:
 class Ranking:
     """Cheap copies of an fp32 head (V, d) that rank the vocabulary, each with an error bound.
 
-    - bf16: |w - bf16(w)| <= 2^-9 |w| per weight, and the same for the activations.
+    - bf16: |w - bf16(w)| <= 2^-9 |w| per weight, and the same for the activations. On CPUs with
+      native bf16 it is kept in oneDNN's packed layout (`packed`): 0.7 ms for 1 to 16 rows at
+      50k x 256 on the Xeon, against 1.3 ms for F.linear, which repacks the weight on every call;
+      the same results, bit for bit, at every row count.
     - int8 (CPU only): a bf16 scale s_v per vocabulary row, q = round(w / s_v) in [-127, 127];
       |w - q s_v| <= 0.75 s_v with the scale's own bf16 rounding, and bf16 activations.
     So for a row x the logit error is at most c * ||x||_1 (c below, with 10% to spare for the
     sums' fp32 rounding) plus the rounding of the output to bf16, 2^-9 of the logit.
     """
 
-    bf16: torch.Tensor
+    bf16: torch.Tensor  # (V, d), or oneDNN's packed layout of it
+    packed: bool
     bf16_c: float
     int8: tuple[torch.Tensor, torch.Tensor] | None  # (q (V, d) int8, scales (V,) bf16)
     int8_c: float
@@ -154,7 +159,10 @@ class Ranking:
             if weight.device.type == "cpu":
                 scale = big.clamp_min(1e-30) / 127
                 int8 = (torch.round(weight / scale[:, None]).clamp_(-127, 127).to(torch.int8), scale.to(torch.bfloat16))
-            made = cls(weight.to(torch.bfloat16), 1.1 * 2**-8 * float(big.max()), int8, 1.1 * float(big.max()) / 127)
+            bf16, packed = weight.to(torch.bfloat16), native_bf16(weight.device) and weight.device.type == "cpu"
+            if packed:
+                bf16 = torch.ops.mkldnn._reorder_linear_weight(bf16, 32)  # laid out for up to ~32 rows
+            made = cls(bf16, packed, 1.1 * 2**-8 * float(big.max()), int8, 1.1 * float(big.max()) / 127)
         if len(cls._made) >= 2:  # a model or two in use at once; older entries only hold memory
             cls._made.clear()
         cls._made[id(weight)] = (weakref.ref(weight), weight._version, made)
@@ -167,6 +175,8 @@ class Ranking:
         xl = x.to(torch.bfloat16)
         if int8 and self.int8 is not None and x.size(0) == 1:  # int8 reads fastest (docs/BENCHMARKS.md)
             approx, c = torch._weight_int8pack_mm(xl, *self.int8).float(), self.int8_c
+        elif self.packed:
+            approx, c = torch.ops.mkldnn._linear_pointwise(xl, self.bf16, None, "none", [], "").float(), self.bf16_c
         elif x.size(0) == 1:  # torch.mv read the bf16 head ~1.5x faster than F.linear on the Xeon
             approx, c = torch.mv(self.bf16, xl[0])[None].float(), self.bf16_c
         else:
@@ -219,7 +229,8 @@ class Batch:
             raise TinyGemmaError(f"all {self.rows} rows are busy")
         if not 0 < len(prompt_ids) <= self.max_len:
             raise TinyGemmaError(f"a prompt needs 1 to {self.max_len} tokens, got {len(prompt_ids)}")
-        row = self.free.pop(0)
+        row = min(self.free)  # the lowest: live rows stay a compact block, which the cache reads as a view
+        self.free.remove(row)
         self.seqs[row] = list(prompt_ids)
         ids = torch.tensor([self.seqs[row]], device=self.device)
         return row, self.head(self.model.hidden_states(ids, cache=self.cache, rows=[row])[:, -1])[0]

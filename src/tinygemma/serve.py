@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import signal
+import threading
 import time
 import uuid
 from importlib import resources
@@ -288,12 +290,35 @@ def submit(engine: Engine, job: Job) -> None:
 
 
 def run(engine: Engine, model_name: str, host: str, port: int, api_key: str | None) -> None:
-    """Serve until interrupted (uvicorn handles Ctrl-C), then stop the engine."""
+    """Serve until Ctrl-C or SIGTERM, then stop the engine.
+
+    The engine's decode loop runs in this (the main) thread and uvicorn in another: the main
+    thread loaded the model, and torch's CPU threads work at full speed only for the thread
+    that used them first (batching.py). Signals are handled here, so both stop together."""
     import uvicorn
 
-    engine.start()
+    server = uvicorn.Server(uvicorn.Config(create_app(engine, model_name, api_key), host=host, port=port,
+                                           log_level="info", timeout_graceful_shutdown=2))
+
+    def serve() -> None:
+        try:
+            server.run()  # outside the main thread uvicorn leaves the signals alone
+        finally:
+            engine.close()  # the server ended (stopped, or could not start): end the decode loop too
+
+    def stop(_signum, _frame) -> None:
+        server.should_exit = True
+
+    old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    thread = threading.Thread(target=serve, name="uvicorn")
+    thread.start()
     try:
-        uvicorn.run(create_app(engine, model_name, api_key), host=host, port=port, log_level="info",
-                    timeout_graceful_shutdown=2)
+        engine.run()
     finally:
-        engine.close()
+        server.should_exit = True
+        thread.join()
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    if not server.started:
+        raise TinyGemmaError(f"could not serve on {host}:{port} (uvicorn's log above says why; "
+                             "is the port already in use? choose another with --port)")

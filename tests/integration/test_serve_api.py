@@ -1,8 +1,12 @@
 """`tinygemma serve` through the official openai client and raw HTTP: completions, streaming, seeds
-beside other requests, stops, the context cut, a client that goes away, every bad input, key, 413, 429."""
+beside other requests, stops, the context cut, a client that goes away, every bad input, key, 413, 429,
+and the process: a signal stops it cleanly, a port in use is a one-line error."""
 
 import http.client
 import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -186,3 +190,24 @@ def _fill_and_overflow(s):
         assert status == 429 and hdrs["Retry-After"] == "1" and answer["error"]["code"] == "queue_full"
         assert [f.result()[0] for f in held] == [200, 200]
     assert post(s, {"prompt": "x", "max_tokens": 2}, auth)[0] == 200
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_the_server_and_its_engine(serve_model, server_process, sig):
+    """The engine's loop runs in the main thread and uvicorn in another: a signal must end both, cleanly."""
+    with server_process(serve_model, "--slots", 2) as s:
+        assert client(s).completions.create(model="x", prompt="x", max_tokens=3).usage.completion_tokens == 3
+        s.proc.send_signal(sig)
+        assert s.proc.wait(20) == 0
+        assert "Application shutdown complete" in s.proc.stdout.read()
+
+
+def test_a_port_in_use_is_a_one_line_error(serve_model, server_process):
+    with server_process(serve_model) as s:
+        second = subprocess.run([sys.executable, "-m", "tinygemma", "serve", "--checkpoint", str(serve_model),
+                                 "--device", "cpu", "--port", str(s.port)], capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2
+        assert second.stderr.strip().splitlines()[-1] == (
+            f"error: could not serve on 127.0.0.1:{s.port} (uvicorn's log above says why; "
+            "is the port already in use? choose another with --port)")
+        assert s.health()["status"] == "ok"  # the first server is untouched

@@ -77,9 +77,9 @@ def test_prepared_for_inference_is_the_same_maths_and_is_undone():
         with model.prepared_for_inference():
             with model.prepared_for_inference():  # nested: the outer block keeps its preparation
                 pass
-            assert model.layers[0].self_attn.qkv_weight is not None
+            assert model.layers[0].self_attn.qkv_t is not None and model.layers[0].mlp.down_t is not None
             prepared = model(x)[0]
-        assert model.layers[0].self_attn.qkv_weight is None and model.norm.prepared_gain is None
+        assert model.layers[0].self_attn.qkv_t is None and model.layers[0].mlp.down_t is None and model.norm.prepared_gain is None
         torch.testing.assert_close(prepared, ref, atol=1e-5, rtol=1e-5)
         w = model.layers[0].self_attn.v_proj.weight
         w.add_(torch.randn_like(w))  # training changes the weights afterwards
