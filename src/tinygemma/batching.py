@@ -194,19 +194,21 @@ class Engine:
             return not self._closed
 
     def _admit(self, batch: Batch) -> None:
-        """Waiting sequences take the free rows, each with one prefill of its prompt."""
-        while batch.free:
-            with self._cond:
-                if not self._waiting:
-                    return
-                seq = self._waiting.popleft()
+        """Waiting sequences take the free rows: one prefill for the prompts of each length (Batch.join_all)."""
+        with self._cond:
+            taken = [self._waiting.popleft() for _ in range(min(len(batch.free), len(self._waiting)))]
+        seqs = []
+        for seq in taken:
             if seq.cancelled:
                 self._done(seq, "cancelled")
-                continue
-            seq.begin(self.tokenizer, batch.device)
-            row, logits = batch.join(seq.prompt_ids)
+            else:
+                seq.begin(self.tokenizer, batch.device)
+                seqs.append(seq)
+        if seqs:
+            joined = batch.join_all([s.prompt_ids for s in seqs])
             with self._cond:
-                self._live[row], self._logits[row] = seq, logits
+                for seq, (row, logits) in zip(seqs, joined):
+                    self._live[row], self._logits[row] = seq, logits
 
     def _advance(self, batch: Batch) -> None:
         """Each row samples its next token; finished and cancelled rows leave; one step for the rest."""

@@ -222,18 +222,31 @@ class Batch:
     def __exit__(self, *exc) -> None:
         self._stack.close()
 
-    @torch.inference_mode()
     def join(self, prompt_ids: Sequence[int]) -> tuple[int, torch.Tensor]:
         """Prefill a free row with a prompt -> (the row, logits (V,) of the prompt's next token)."""
-        if not self.free:
-            raise TinyGemmaError(f"all {self.rows} rows are busy")
-        if not 0 < len(prompt_ids) <= self.max_len:
-            raise TinyGemmaError(f"a prompt needs 1 to {self.max_len} tokens, got {len(prompt_ids)}")
-        row = min(self.free)  # the lowest: live rows stay a compact block, which the cache reads as a view
-        self.free.remove(row)
-        self.seqs[row] = list(prompt_ids)
-        ids = torch.tensor([self.seqs[row]], device=self.device)
-        return row, self.head(self.model.hidden_states(ids, cache=self.cache, rows=[row])[:, -1])[0]
+        return self.join_all([prompt_ids])[0]
+
+    @torch.inference_mode()
+    def join_all(self, prompts: Sequence[Sequence[int]]) -> list[tuple[int, torch.Tensor]]:
+        """Prefill free rows with prompts -> (row, logits (V,)) for each, in order. Prompts of the same
+        length share one forward (a server's requests that arrive together; n samples of one prompt)."""
+        if len(prompts) > len(self.free):
+            raise TinyGemmaError(f"{len(prompts)} prompt(s) for {len(self.free)} free rows: the other rows of "
+                                 f"{self.rows} are busy")
+        if not all(0 < len(p) <= self.max_len for p in prompts):
+            raise TinyGemmaError(f"a prompt needs 1 to {self.max_len} tokens, got {sorted({len(p) for p in prompts})}")
+        out: list[tuple[int, torch.Tensor] | None] = [None] * len(prompts)
+        for length in dict.fromkeys(len(p) for p in prompts):
+            which = [i for i, p in enumerate(prompts) if len(p) == length]
+            rows = sorted(self.free)[: len(which)]  # the lowest: live rows stay a run, which the cache reads as a view
+            for i, row in zip(which, rows):
+                self.free.remove(row)
+                self.seqs[row] = list(prompts[i])
+            ids = torch.tensor([prompts[i] for i in which], device=self.device)  # (n, length)
+            logits = self.head(self.model.hidden_states(ids, cache=self.cache, rows=rows)[:, -1])
+            for i, row, row_logits in zip(which, rows, logits):
+                out[i] = (row, row_logits)
+        return out
 
     @torch.inference_mode()
     def step(self, rows: Sequence[int], tokens: Sequence[int]) -> torch.Tensor:
@@ -283,7 +296,7 @@ def generate_ids(
         return out
     max_len = max(len(p) for p in prompt_ids) + max_new_tokens
     with Batch(model, len(prompt_ids), max_len, fast_head, use_cache) as batch:
-        rows, first = zip(*(batch.join(p) for p in prompt_ids))
+        rows, first = zip(*batch.join_all(prompt_ids))
         logits, live = torch.stack(first), list(range(len(prompt_ids)))  # live: the prompts still going
         for i in range(max_new_tokens):
             tokens = [eot_id] * len(prompt_ids)  # finished prompts repeat eot_id

@@ -105,6 +105,22 @@ def test_a_freed_row_does_not_see_the_old_sequence(model):
     torch.testing.assert_close(torch.stack(seen), alone_logits, atol=1e-5, rtol=1e-5)
 
 
+def test_prompts_of_one_length_are_prefilled_together_as_if_alone(model):
+    prompts = [[1, 2, 3], [4, 5, 6], [7, 8], [9, 10, 11]]
+    with Batch(model, rows=5, max_len=32, fast_head=False) as batch:
+        joined = batch.join_all(prompts)  # one forward for the three of length 3, one for [7, 8]
+        assert [row for row, _ in joined] == [0, 1, 3, 2]
+        steps = [batch.step([row for row, _ in joined], [5, 6, 7, 8]) for _ in range(3)]
+        with pytest.raises(TinyGemmaError, match="busy"):
+            batch.join_all([[1], [2]])  # two prompts, one free row
+    for i, prompt in enumerate(prompts):
+        with Batch(model, rows=1, max_len=32, fast_head=False) as alone:
+            row, logits = alone.join(prompt)
+            torch.testing.assert_close(joined[i][1], logits, atol=1e-5, rtol=1e-5)
+            for step in steps:
+                torch.testing.assert_close(step[i], alone.step([row], [5 + i])[0], atol=1e-5, rtol=1e-5)
+
+
 def test_fast_head_gives_the_exact_greedy_tokens(model):
     prompts = [[1, 2, 3], [40, 41]]
     fast = generate_ids(model, prompts, 70, temperature=0, fast_head=True)
