@@ -12,7 +12,7 @@ loop in a thread of its own (`start`) or in the calling thread (`run`, until `cl
 step 2.3x slower for a thread other than the one that had used them first (the one that loaded
 the model): 7.4 ms against 3.1 ms at the small preset (docs/SERVE.md).
 
-Between two steps, waiting sequences join free rows (one prefill each) and finished ones leave,
+Between two steps, waiting sequences join free rows (one prefill per prompt length) and finished ones leave,
 so a new request never waits for the others to end, and every step computes one token for each
 row still writing. Each sequence samples with its own settings and its own torch.Generator
 (seeded with its seed, else at random), so a seeded sequence gets the same tokens alone or beside

@@ -2,12 +2,14 @@
 
 - `Batch`: the rows of one model.KVCache, which sequences join and leave while others decode
   (continuous batching). A sequence joins a free row with its prompt (one prefill call of the
-  model's forward), takes one token per `step`, and leaves when it is done; the row is then
-  free for the next one. Each row has its own positions, so rows of different lengths need no
-  padding. While a Batch is open the model runs prepared for inference
-  (`Gemma3Model.prepared_for_inference`: fused q/k/v, precomputed norm gains).
-- `LMHead`: next-token logits from the last hidden state, ranking the vocabulary with a bf16
-  copy of the tied head and recomputing the best candidates exactly.
+  model's forward; prompts of one length that join together share it), takes one token per
+  `step`, and leaves when it is done; the row is then free for the next one. Each row has its
+  own positions, so rows of different lengths need no padding. While a Batch is open the model
+  runs prepared for inference (`Gemma3Model.prepared_for_inference`: fused q/k/v and gate/up,
+  transposed weights, precomputed norm gains).
+- `LMHead`: next-token logits from the last hidden state, ranking the vocabulary with a cheaper
+  copy of the tied head (`Ranking`: int8 or bf16, with an error bound) and recomputing exactly
+  every token that could be the best.
 - `generate_ids`: prompts (token ids) in, new ids out, through a Batch: rows leave as they end.
 - `generate`: text in, text out, with optional streaming of the new text.
 

@@ -20,8 +20,9 @@ Inference uses the same forward. `forward(ids, cache=KVCache(...))` writes each 
 and values into a preallocated cache and attends over it: a whole prompt into empty rows
 (prefill), or one token per row (decoding). Each cache row is a sequence with its own
 position, so rows can join and leave a running batch (`KVCache.reset`, `rows=`). Inside
-`with model.prepared_for_inference():` the same modules run with q/k/v as one matmul and
-(1 + w) precomputed: fewer ops per decoding step, the same maths (docs/MODEL.md, Generation).
+`with model.prepared_for_inference():` the same modules run with q/k/v and gate/up as one
+matmul each, transposed weight copies and (1 + w) precomputed: fewer ops and faster matmuls per
+decoding step, the same maths (docs/MODEL.md, Generation).
 
 Parameter names follow transformers' Gemma 3 (without the `model.` prefix), so
 import/export is a renaming of one prefix.
@@ -157,7 +158,6 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
-
         # set by prepared_for_inference: gate and up as one (d, 2 I) matrix and down as (I, d), transposed
         self.gate_up_t: torch.Tensor | None = None
         self.down_t: torch.Tensor | None = None
