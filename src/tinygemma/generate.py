@@ -122,7 +122,9 @@ class LMHead:
         rows, cols = (approx >= top - 2 * err).nonzero(as_tuple=True)
         if rows.numel() > approx.numel() // 8:  # a flat distribution: cheaper to compute every logit exactly
             return F.linear(x, self.weight).float()
-        approx[rows, cols] = (self.weight[cols] * x[rows].to(self.weight.dtype)).sum(-1).float()
+        picked = self.weight.index_select(0, cols)  # (n, d): the candidates' rows of the head
+        # every candidate against every row's x (n x B dot products, B is small), then each its own row's
+        approx[rows, cols] = (picked @ x.to(picked.dtype).T).gather(1, rows[:, None])[:, 0].float()
         return approx
 
 
