@@ -173,7 +173,8 @@ class Engine:
             self._cond.notify()
 
     def _run(self) -> None:
-        with Batch(self.model, self.rows, self.max_len, batch_invariant=True) as batch:  # seeded text alike alone or not
+        # batch_invariant: a seeded sequence writes the same text alone or beside others
+        with Batch(self.model, self.rows, self.max_len, batch_invariant=True) as batch:
             while self._wait_for_work():
                 try:
                     self._admit(batch)

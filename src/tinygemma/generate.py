@@ -163,7 +163,8 @@ class Ranking:
             if weight.device.type == "cpu":
                 scale = big.clamp_min(1e-30) / 127
                 int8 = (torch.round(weight / scale[:, None]).clamp_(-127, 127).to(torch.int8), scale.to(torch.bfloat16))
-            bf16, packed = weight.to(torch.bfloat16), native_bf16(weight.device) and weight.device.type == "cpu"
+            bf16 = weight.to(torch.bfloat16)
+            packed = weight.device.type == "cpu" and native_bf16(weight.device) and torch.backends.mkldnn.is_available()
             if packed:
                 bf16 = torch.ops.mkldnn._reorder_linear_weight(bf16, 32)  # laid out for up to ~32 rows
             made = cls(bf16, packed, 1.1 * 2**-8 * float(big.max()), int8, 1.1 * float(big.max()) / 127)

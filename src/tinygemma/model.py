@@ -420,7 +420,8 @@ class KVCache:
                 slot = slots.pop()
                 write, arrange = (index, slice(None), slice(slot, slot + 1)), _as_is
             else:
-                rows = index if isinstance(index, torch.Tensor) else torch.arange(index.start, index.stop, device=device)
+                rows = index if isinstance(index, torch.Tensor) else torch.arange(index.start, index.stop,
+                                                                                  device=device)
                 write, arrange = (rows, slice(None), q[:, 0] % C), _only_column
             self._plans[sliding] = _Plan(write, arrange, (index, slice(None), slice(0, n)))
             if min(seen) == n:
