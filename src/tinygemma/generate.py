@@ -110,13 +110,13 @@ class LMHead:
     """
 
     def __init__(self, weight: torch.Tensor, fast: bool = True, batch_invariant: bool = False):
-        self.weight, self.int8 = weight, not batch_invariant
+        self.weight, self.use_int8 = weight, not batch_invariant
         self.ranking = Ranking.of(weight) if fast and weight.dtype == torch.float32 else None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.ranking is None:
             return F.linear(x, self.weight).float()
-        approx, err = self.ranking.logits(x, self.int8)  # (B, V), (B, 1)
+        approx, err = self.ranking.logits(x, self.use_int8)  # (B, V), (B, 1)
         top = approx.amax(dim=-1, keepdim=True)
         err = err + top.abs() * 2**-8  # |approx - exact| <= err for every token near the top
         rows, cols = (approx >= top - 2 * err).nonzero(as_tuple=True)
