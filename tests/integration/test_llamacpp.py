@@ -134,9 +134,10 @@ def test_32_greedy_tokens_and_llama_completion_text_equal_ours(exported):
     assert llamacpp.greedy(exported.f32, exported.prompt, 32)["ids"] == ours
     stop = ours.index(exported.tok.eot_id) if exported.tok.eot_id in ours else len(ours)
     expected = PROMPT + exported.tok.decode(ours[:stop])  # llama-completion stops at end-of-text
-    text = llamacpp.complete(exported.f32, PROMPT, 32, kv="f32")  # llama.cpp's own CLI, greedy
-    if text != expected and expected.startswith(text):  # the tail lost at exit (see llamacpp.complete)
-        text = llamacpp.complete(exported.f32, PROMPT, 32, kv="f32")
+    for _ in range(5):  # llama-completion now and then loses the tail of its text at exit (llamacpp.complete)
+        text = llamacpp.complete(exported.f32, PROMPT, 32, kv="f32")  # llama.cpp's own CLI, greedy
+        if text == expected or not expected.startswith(text):
+            break
     assert text == expected
 
 
