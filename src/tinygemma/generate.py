@@ -198,9 +198,9 @@ class Batch:
             batch.leave(row)                             # done: the row is free, its keys are never seen again
 
     The rows given to a step may be any of the joined ones, in any order; each continues at its
-    own position. `join` raises TinyGemmaError when every row is taken (a server answers "busy").
-    While open, the model is in eval mode and prepared for inference (fused q/k/v, precomputed
-    norm gains), so its weights must not change. With `use_cache=False` every step recomputes
+    own position. `join` (`join_all` for several prompts) raises TinyGemmaError when too few rows
+    are free (a server answers "busy"). While open, the model is in eval mode and prepared for
+    inference (Gemma3Model.prepared_for_inference), so its weights must not change. With `use_cache=False` every step recomputes
     each row's whole sequence with the plain forward instead (a reference for tests and benchmarks).
     `fast_head` and `batch_invariant` choose the LMHead.
     """
