@@ -120,6 +120,7 @@ class Engine:
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._live: dict[int, Sequence] = {}  # row -> its sequence (touched by the engine's thread only)
         self._logits: dict[int, torch.Tensor] = {}  # row -> logits (V,) of its next token
+        self._stepped: tuple[list[int], torch.Tensor] | None = None  # the last step's rows and logits (n, V)
         self._held = 0  # sequences submitted and not finished
         self._finished = collections.Counter()  # finish reason -> sequences so far
         self._cond = threading.Condition()
@@ -223,24 +224,34 @@ class Engine:
             else:
                 self._leave(batch, row, None)
         if rows:
-            self._logits.update(zip(rows, batch.step(rows, tokens)))
+            logits = batch.step(rows, tokens)
+            self._logits.update(zip(rows, logits))
+            self._stepped = (rows, logits)
 
     def _sample(self) -> dict[int, int]:
         """The next token of every live row: one sample_next call per group of rows with the same settings,
         each row with a uniform draw from its own generator -> {row: token}."""
         groups: dict[tuple, list[int]] = collections.defaultdict(list)
-        for row, seq in self._live.items():
+        for row, seq in sorted(self._live.items()):
             s = seq.sampling
             groups[(s.temperature, s.top_k, s.top_p)].append(row)
         out = {}
         for (temperature, top_k, top_p), rows in groups.items():
-            logits = torch.stack([self._logits[r] for r in rows])  # (n, V)
+            logits = self._rows_logits(rows)
             uniform = torch.cat([self._live[r].draw() for r in rows]) if temperature > 0 else None
             out.update(zip(rows, sample_next(logits, temperature, top_k, top_p, uniform=uniform).tolist()))
         return out
 
+    def _rows_logits(self, rows: list[int]) -> torch.Tensor:
+        """The logits (n, V) of these rows: the last step's own tensor when it holds just these rows (every
+        row writing with the same settings), else a copy (stacking 16 rows of a 50k vocabulary: 0.2 ms)."""
+        if self._stepped is not None and self._stepped[0] == rows:
+            return self._stepped[1]
+        return torch.stack([self._logits[r] for r in rows])
+
     def _leave(self, batch: Batch, row: int, reason: str | None) -> None:
         """Free a row; `reason` finishes its sequence when it has not finished itself."""
+        self._stepped = None
         with self._cond:
             seq = self._live.pop(row)
             del self._logits[row]

@@ -139,6 +139,28 @@ def test_fast_head_gives_the_exact_greedy_tokens(model):
         assert (logits - ref).abs().max() < 5e-2  # the rest: int8 or bf16 weights, bf16 sums
 
 
+def test_fast_head_decides_per_row_what_to_recompute():
+    """A flat row (a thousand tokens tie for the top) is recomputed whole; the peaked rows beside it only
+    have their few candidates recomputed, as they would alone (a row's logits do not depend on its neighbours)."""
+    torch.manual_seed(0)
+    u = torch.randn(32)
+    weight = torch.cat((u + 1e-4 * torch.randn(1024, 32), 0.3 * torch.randn(1024, 32)))
+    peaked = torch.randn(3, 32)
+    peaked -= (peaked @ u)[:, None] * u / (u @ u)  # orthogonal to u: the tied tokens score ~0, far below the top
+    x = torch.cat((peaked[:1], u[None], peaked[1:]))
+    head = LMHead(weight, fast=True, batch_invariant=True)
+    together = head(x)
+    ref = x @ weight.T
+    torch.testing.assert_close(together[1], ref[1], rtol=1e-5, atol=1e-5)  # the flat row: every logit exact
+    for i in (0, 2, 3):
+        alone = head(x[i : i + 1])[0]
+        torch.testing.assert_close(together[i], alone, rtol=1e-5, atol=1e-5)
+        near = ref[i] >= ref[i].max() - 0.05
+        torch.testing.assert_close(together[i][near], ref[i][near])  # the candidates: exact
+        assert (together[i][~near] != ref[i][~near]).float().mean() > 0.5  # the rest: bf16, not recomputed
+    assert (together.argmax(-1) == ref.argmax(-1)).all()
+
+
 def test_fast_head_copies_follow_the_weights(model):
     weight = model.embed_tokens.weight
     first = Ranking.of(weight)
