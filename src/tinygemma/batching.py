@@ -125,7 +125,13 @@ class Engine:
         self._finished = collections.Counter()  # finish reason -> sequences so far
         self._cond = threading.Condition()
         self._closed = False
+        self._after_step: list[Callable[[], None]] = []
         self._thread = threading.Thread(target=self._run, name="tinygemma-engine", daemon=True)
+
+    def after_each_step(self, fn: Callable[[], None]) -> None:
+        """Call `fn()` from the engine's thread after each decoding step (and once at the end): a server
+        hands the step's events over in one go instead of waking its event loop once per event."""
+        self._after_step.append(fn)
 
     def start(self) -> Engine:
         """Run the decode loop in a thread of its own."""
@@ -184,10 +190,19 @@ class Engine:
                     log.exception("the decode step failed; its sequences end with finish_reason 'error'")
                     for row in list(self._live):
                         self._leave(batch, row, "error")
+                self._stepped_all()
             for row in list(self._live):
                 self._leave(batch, row, "cancelled")
             for seq in self._waiting:
                 seq.finish("cancelled")
+            self._stepped_all()
+
+    def _stepped_all(self) -> None:
+        for fn in self._after_step:
+            try:
+                fn()
+            except Exception:
+                log.exception("an after-step callback failed")
 
     def _wait_for_work(self) -> bool:
         with self._cond:

@@ -50,7 +50,9 @@ def sample_next(
     """
     if temperature <= 0:
         return logits.max(dim=-1).indices  # argmax (the first of equal maxima), 2x faster than argmax on CPU
-    logits = logits.float() if temperature == 1 else logits.float() / temperature
+    logits, scale = logits.float(), 1 / temperature
+    if top_k is not None and top_k < logits.size(-1) or top_p is not None and top_p < 1.0:
+        logits, scale = logits * scale, 1.0  # top-p weighs the tokens at the temperature
     if top_k is not None and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1) smallest kept logit
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -63,10 +65,34 @@ def sample_next(
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     if uniform is None:
         uniform = torch.rand(logits.size(0), generator=generator, device=logits.device)
-    cdf = logits.softmax(dim=-1).cumsum(dim=-1, dtype=torch.float64)  # (B, V)
-    # the first token whose cumulative probability exceeds u * total (right=True skips zero-probability tokens)
-    picked = torch.searchsorted(cdf, (uniform.to(cdf.device, cdf.dtype) * cdf[:, -1])[:, None], right=True)
-    return picked.squeeze(-1).clamp_max(logits.size(-1) - 1)
+    return _inverse_cdf(logits, scale, uniform)
+
+
+RUN = 256  # tokens per run when a (B, V) row is searched in two levels (_inverse_cdf, LMHead)
+
+
+def _inverse_cdf(logits: torch.Tensor, scale: float, uniform: torch.Tensor) -> torch.Tensor:
+    """The first token whose cumulative weight exp(scale * (logit - max)) passes u * total, per row.
+
+    In two levels: the sums of runs of RUN tokens find the run, and only that run is summed token by
+    token (in float64). One pass fewer over the logits than softmax + cumsum, and no (B, V) float64
+    tensor: 0.75 against 1.23 ms at 16 rows x 50k vocabulary (Xeon). right=True never stops on a
+    zero-weight token."""
+    B, V = logits.shape
+    k, dev = V // RUN, logits.device
+    w = (logits - logits.amax(dim=-1, keepdim=True)).mul_(scale).exp_()  # (B, V) unnormalised weights
+    sums = w[:, : k * RUN].unflatten(1, (k, RUN)).sum(dim=-1)  # (B, k)
+    if k * RUN < V:
+        sums = torch.cat((sums, w[:, k * RUN :].sum(dim=-1, keepdim=True)), dim=1)
+    ends = sums.cumsum(dim=-1, dtype=torch.float64)  # (B, runs) the cumulative weight at each run's end
+    target = uniform.to(dev, torch.float64)[:, None] * ends[:, -1:]  # (B, 1)
+    run = torch.searchsorted(ends, target, right=True).clamp_max_(ends.size(1) - 1)  # (B, 1)
+    before = torch.where(run > 0, ends.gather(1, (run - 1).clamp_min(0)), 0.0)
+    cols = run * RUN + torch.arange(RUN, device=dev)  # (B, RUN) the run's tokens
+    inside = cols < V
+    cols = cols.clamp_max_(V - 1)
+    cum = (w.gather(1, cols) * inside).cumsum(dim=-1, dtype=torch.float64) + before
+    return cols.gather(1, torch.searchsorted(cum, target, right=True).clamp_max_(RUN - 1))[:, 0]
 
 
 def _check_args(model: Gemma3Model, prompt_ids: list[list[int]], max_new_tokens: int,
@@ -114,8 +140,6 @@ class LMHead:
         self.weight, self.use_int8 = weight, not batch_invariant
         self.ranking = Ranking.of(weight) if fast and weight.dtype == torch.float32 else None
 
-    CHUNK: ClassVar[int] = 256  # the vocabulary is searched for candidates in runs of this many tokens
-
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.ranking is None:
             return F.linear(x, self.weight).float()
@@ -133,11 +157,11 @@ class LMHead:
         """The tokens that could be a row's best -> (rows, cols) of them, and the rows with so many that
         the whole row is recomputed instead. Each row's choice depends on that row alone.
 
-        One pass over the logits takes the maximum of each run of CHUNK tokens; only the runs whose
+        One pass over the logits takes the maximum of each run of RUN tokens; only the runs whose
         maximum is near the top are searched (a pass of `>=` and `nonzero` over every logit took
         0.6 ms for 16 rows at a 50k vocabulary, a third of the head)."""
         B, V = approx.shape
-        C = self.CHUNK
+        C = RUN
         k = V // C
         maxes = approx[:, : k * C].unflatten(1, (k, C)).amax(dim=-1)  # (B, k)
         if k * C < V:

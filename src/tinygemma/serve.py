@@ -128,10 +128,37 @@ def fit_context(prompts: list[list[int]], max_tokens: int, context: int) -> tupl
     return [p[-keep:] for p in prompts], sum(max(0, len(p) - keep) for p in prompts)
 
 
+class Mailbox:
+    """Events from the engine's thread to the event loop, handed over once per decoding step: one
+    wake-up of the loop for the step's 16 or 32 text pieces rather than one for each."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self._items: list[tuple[asyncio.Queue, tuple]] = []
+        self._lock = threading.Lock()
+
+    def post(self, queue: asyncio.Queue, item: tuple) -> None:
+        """From the engine's thread: `item` goes into `queue` at the next flush."""
+        with self._lock:
+            self._items.append((queue, item))
+
+    def flush(self) -> None:
+        """From the engine's thread, after each step (Engine.after_each_step)."""
+        with self._lock:
+            items, self._items = self._items, []
+        if items and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._deliver, items)
+
+    @staticmethod
+    def _deliver(items: list[tuple[asyncio.Queue, tuple]]) -> None:
+        for queue, item in items:
+            queue.put_nowait(item)
+
+
 class Job:
     """One request's sequences on the engine, and the events they send back to the event loop."""
 
-    def __init__(self, req: CompletionRequest, prompts: list[list[int]], loop: asyncio.AbstractEventLoop):
+    def __init__(self, req: CompletionRequest, prompts: list[list[int]], mailbox: Mailbox):
         self.events: asyncio.Queue[tuple[int, str, str | None]] = asyncio.Queue()
         stops = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
         n = req.n or 1
@@ -140,7 +167,7 @@ class Job:
             seed = None if req.seed is None else (req.seed + i) % 2**64  # choice i: seed + i
             sampling = Sampling(req.max_tokens or 16, 1.0 if req.temperature is None else req.temperature,
                                 req.top_k, req.top_p, seed, stops)
-            put = lambda piece, reason, i=i: loop.call_soon_threadsafe(self.events.put_nowait, (i, piece, reason))  # noqa: E731
+            put = lambda piece, reason, i=i: mailbox.post(self.events, (i, piece, reason))  # noqa: E731
             self.seqs.append(Sequence(ids, sampling, put))
         self.prompt_tokens = sum(len(p) for p in prompts)
 
@@ -217,7 +244,7 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
 
 def create_app(engine: Engine, model_name: str, api_key: str | None = None) -> FastAPI:
     """The FastAPI app over a started Engine; with `api_key`, /v1/ asks for `Authorization: Bearer KEY`."""
-    def authorized(request: Request) -> None:
+    async def authorized(request: Request) -> None:  # async: no thread hop for every request
         given = request.headers.get("authorization", "")
         if api_key and not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
             raise ApiError(401, "a valid API key is needed: Authorization: Bearer KEY", code="invalid_api_key",
@@ -227,6 +254,14 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None) -> F
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorized)])
     created = int(time.time())
     vocab = engine.model.config.vocab_size
+    mailboxes: dict[asyncio.AbstractEventLoop, Mailbox] = {}
+
+    def mailbox(loop: asyncio.AbstractEventLoop) -> Mailbox:
+        """The event loop's mailbox, made with its first request (an app normally runs on one loop)."""
+        if loop not in mailboxes:
+            mailboxes[loop] = box = Mailbox(loop)
+            engine.after_each_step(box.flush)
+        return mailboxes[loop]
 
     @app.exception_handler(ApiError)
     async def api_error(_request: Request, e: ApiError) -> JSONResponse:
@@ -255,7 +290,7 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None) -> F
     async def completions(request: Request):
         req = parse_request(await read_body(request))
         prompts, truncated = fit_context(prompt_ids(req, engine.tokenizer, vocab), req.max_tokens or 16, engine.max_len)
-        job = Job(req, prompts, asyncio.get_running_loop())
+        job = Job(req, prompts, mailbox(asyncio.get_running_loop()))
         submit(engine, job)
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": model_name}

@@ -269,3 +269,20 @@ def test_sampling_follows_the_distribution_and_never_picks_a_dropped_token():
     assert edges.tolist() == [0, 1, 2]
     top = sample_next(logits[:1000], temperature=1.0, top_k=1, generator=torch.Generator().manual_seed(1))
     assert (top == 1).all()
+
+
+@pytest.mark.parametrize("V", [300, 1000, 5 * 256])
+def test_two_level_sampling_picks_what_one_cumulative_sum_picks(V):
+    """The runs-then-tokens search equals the plain inverse CDF over the softmax, token for token,
+    across the run boundaries and a short last run (V not a multiple of generate.RUN)."""
+    g = torch.Generator().manual_seed(V)
+    logits = torch.randn(64, V, generator=g) * 3
+    logits[:8, ::2] = float("-inf")  # weightless tokens are never picked
+    for temperature in (0.7, 1.0):
+        for _ in range(20):
+            u = torch.rand(64, generator=g)
+            cdf = (logits / temperature).softmax(-1).double().cumsum(-1)
+            ref = torch.searchsorted(cdf, (u.double() * cdf[:, -1])[:, None], right=True)[:, 0]
+            picks = sample_next(logits, temperature, uniform=u)
+            assert (picks == ref).float().mean() > 0.99  # a u within float rounding of a boundary may differ
+            assert torch.isfinite(logits[torch.arange(64), picks]).all()
