@@ -105,10 +105,13 @@ def wait_healthy(proc: subprocess.Popen, port: int) -> subprocess.Popen:
     raise SystemExit(f"the server on port {port} did not start")
 
 
-async def one_request(port: int, i: int, body: dict) -> tuple[float, int]:
+async def one_request(port: int, i: int, body: dict) -> tuple[float, int, bool]:
     """One streamed completion over a raw HTTP/1.1 connection -> (seconds to the first text, completion
-    tokens). The client shares the server's two cores, so it does as little as it can per chunk: it
-    reads what arrives, notes when the first non-empty text comes, and parses only the usage chunk."""
+    tokens, whether it failed). The client shares the server's two cores, so it does as little as it
+    can per chunk: it reads what arrives, notes when the first non-empty text comes, and parses only
+    the usage chunk. A stream that ends in an error chunk counts its text chunks as its tokens (one
+    token each: llama-server 0.94.0 aborts a stream whose text has a broken UTF-8 sequence, which a
+    briefly trained model can write)."""
     data = json.dumps({**body, "seed": i}).encode()
     t0 = time.perf_counter()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -121,18 +124,20 @@ async def one_request(port: int, i: int, body: dict) -> tuple[float, int]:
             first = time.perf_counter() - t0
     writer.close()
     usage = USAGE.search(seen)
+    if seen.startswith(b"HTTP/1.1 200") and b'data: {"error"' in seen:
+        return first if first is not None else float("nan"), len(FIRST_TEXT.findall(seen)), True
     if not seen.startswith(b"HTTP/1.1 200") or b"data: [DONE]" not in seen or usage is None:
-        raise SystemExit(f"request {i} failed: {bytes(seen[:300])!r}")
-    return first if first is not None else float("nan"), json.loads(usage.group(1))["completion_tokens"]
+        raise SystemExit(f"request {i} failed: {bytes(seen[:200])!r} ... {bytes(seen[-300:])!r}")
+    return first if first is not None else float("nan"), int(usage.group(1)), False
 
 
 FIRST_TEXT = re.compile(rb'"text": ?"[^"]')  # a chunk whose text is not empty
-USAGE = re.compile(rb'"usage": ?(\{[^}]*\})')
+USAGE = re.compile(rb'"completion_tokens": ?(\d+)')  # in the usage chunk only
 
 
 def level(port: int, clients: int, requests: int, body: dict) -> dict:
     """The fixed set of requests through `clients` concurrent connections (one asyncio thread)."""
-    async def run() -> list[tuple[float, int]]:
+    async def run() -> list[tuple[float, int, bool]]:
         todo, out = iter(range(requests)), []
 
         async def client() -> None:
@@ -146,7 +151,7 @@ def level(port: int, clients: int, requests: int, body: dict) -> dict:
     results = asyncio.run(run())
     wall = time.perf_counter() - t0
     ttft = sorted(r[0] for r in results)
-    return {"clients": clients, "tokens": sum(r[1] for r in results), "wall": wall,
+    return {"clients": clients, "tokens": sum(r[1] for r in results), "errors": sum(r[2] for r in results), "wall": wall,
             "tok_s": sum(r[1] for r in results) / wall, "p50": statistics.median(ttft),
             "p95": ttft[min(len(ttft) - 1, round(0.95 * (len(ttft) - 1)))]}
 
@@ -203,13 +208,14 @@ def main() -> None:
     print(f"{what}; CPU ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; {args.requests} requests x {args.tokens} tokens per level, "
           f"median of {args.rounds} rounds")
-    print("| server | clients | tokens | wall s | aggregate tok/s | vs one at a time | TTFT p50 ms | TTFT p95 ms | every round tok/s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("| server | clients | tokens | failed streams | wall s | aggregate tok/s | vs one at a time | TTFT p50 ms | TTFT p95 ms | "
+          "every round tok/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for name, rows in tables.items():
         base = rows[0]["tok_s"]
         for r in rows:
             every = ", ".join(str(round(x)) for x in r["every"])
-            print(f"| {name} | {r['clients']} | {r['tokens']} | {r['wall']:.1f} | {r['tok_s']:.0f} | "
+            print(f"| {name} | {r['clients']} | {r['tokens']} | {r['errors']} | {r['wall']:.1f} | {r['tok_s']:.0f} | "
                   f"{r['tok_s'] / base:.2f}x | {r['p50'] * 1000:.0f} | {r['p95'] * 1000:.0f} | {every} |")
 
 
