@@ -186,7 +186,8 @@ class Ranking:
     - bf16: |w - bf16(w)| <= 2^-9 |w| per weight, and the same for the activations. On CPUs with
       native bf16 it is kept in oneDNN's packed layout (`packed`): 0.7 ms for 1 to 16 rows at
       50k x 256 on the Xeon, against 1.3 ms for F.linear, which repacks the weight on every call;
-      the same results, bit for bit, at every row count.
+      at that shape the same results, bit for bit, for 1 and 16 rows (not at every shape: a
+      2,048 x 32 head differed in the last bits between 1 and 4 rows).
     - int8 (CPU only): a bf16 scale s_v per vocabulary row, q = round(w / s_v) in [-127, 127];
       |w - q s_v| <= 0.75 s_v with the scale's own bf16 rounding, and bf16 activations.
     So for a row x the logit error is at most c * ||x||_1 (c below, with 10% to spare for the
