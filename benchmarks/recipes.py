@@ -64,12 +64,13 @@ def candidates() -> dict[str, dict]:
     c["muon, wsd, compile"] = MUON + WSD + COMPILE
     best = MUON + WSD + COMPILE + BF16
     c["muon, wsd, compile, bf16"] = best
-    for wd in (0.5, 1.0, 2.0):
+    for wd in (0.5, 1.0, 2.0, 4.0, 8.0):
         c[f"muon, wsd, compile, bf16, wd {wd}"] = best + [f"weight_decay={wd}"]
     for p in (0.1, 0.3):
         c[f"muon, wsd, compile, bf16, wd 0.5, dropout {p}"] = best + ["weight_decay=0.5", f"model.dropout={p}"]
     for d, layers in ((128, 6), (192, 4), (256, 4), (256, 6)):
         c[f"muon, wsd, compile, bf16, wd 0.5, d{d} x {layers}"] = best + ["weight_decay=0.5"] + shape(d, layers)
+    c["muon, wsd, compile, bf16, wd 1.0, d128 x 6"] = best + ["weight_decay=1.0"] + shape(128, 6)
     return {name: {"tokenizer": "bpe:4096", "sets": OLD + sets} for name, sets in c.items()}
 
 
