@@ -285,40 +285,63 @@ class Batch:
         """Prefill a free row with a prompt -> (the row, logits (V,) of the prompt's next token)."""
         return self.join_all([prompt_ids])[0]
 
-    @torch.inference_mode()
     def join_all(self, prompts: Sequence[Sequence[int]]) -> list[tuple[int, torch.Tensor]]:
-        """Prefill free rows with prompts -> (row, logits (V,)) for each, in order. Prompts of the same
-        length share one forward (a server's requests that arrive together; n samples of one prompt)."""
+        """Prefill free rows with prompts, all in one forward -> (row, logits (V,)) for each, in order."""
+        logits, rows = self.step_and_join([], [], prompts)
+        return list(zip(rows, logits))
+
+    def step(self, rows: Sequence[int], tokens: Sequence[int]) -> torch.Tensor:
+        """One token for each of `rows` (at each row's next position) -> logits (len(rows), V)."""
+        return self.step_and_join(rows, tokens, [])[0]
+
+    @torch.inference_mode()
+    def step_and_join(self, rows: Sequence[int], tokens: Sequence[int],
+                      prompts: Sequence[Sequence[int]]) -> tuple[torch.Tensor, list[int]]:
+        """One token for each of `rows` and, in the same forward, each prompt into a free row (a ragged
+        forward: a sequence joins a running batch for the price of its tokens, not of a forward of its
+        own) -> (logits (len(rows) + len(prompts), V): the rows' next tokens, then each prompt's; the
+        prompts' rows). Prompts take the lowest free rows, so live rows stay a run the cache reads as a view."""
+        if len(rows) != len(tokens) or any(r not in self.seqs for r in rows) or len(set(rows)) != len(rows):
+            raise ValueError(f"step needs one token for each of some joined rows {sorted(self.seqs)}; got rows {list(rows)}")
         if len(prompts) > len(self.free):
             raise TinyGemmaError(f"{len(prompts)} prompt(s) for {len(self.free)} free rows: the other rows of "
                                  f"{self.rows} are busy")
         if not all(0 < len(p) <= self.max_len for p in prompts):
             raise TinyGemmaError(f"a prompt needs 1 to {self.max_len} tokens, got {sorted({len(p) for p in prompts})}")
-        out: list[tuple[int, torch.Tensor] | None] = [None] * len(prompts)
-        for length in dict.fromkeys(len(p) for p in prompts):
-            which = [i for i, p in enumerate(prompts) if len(p) == length]
-            rows = sorted(self.free)[: len(which)]  # the lowest: live rows stay a run, which the cache reads as a view
-            for i, row in zip(which, rows):
-                self.free.remove(row)
-                self.seqs[row] = list(prompts[i])
-            ids = torch.tensor([prompts[i] for i in which], device=self.device)  # (n, length)
-            logits = self.head(self.model.hidden_states(ids, cache=self.cache, rows=rows)[:, -1])
-            for i, row, row_logits in zip(which, rows, logits):
-                out[i] = (row, row_logits)
-        return out
-
-    @torch.inference_mode()
-    def step(self, rows: Sequence[int], tokens: Sequence[int]) -> torch.Tensor:
-        """One token for each of `rows` (at each row's next position) -> logits (len(rows), V)."""
-        if len(rows) != len(tokens) or any(r not in self.seqs for r in rows):
-            raise ValueError(f"step needs one token for each of some joined rows {sorted(self.seqs)}; got rows {list(rows)}")
+        first = {}  # each length's first prompt: prompts of one length go together, as one part of the forward
+        order = sorted(range(len(prompts)), key=lambda i: first.setdefault(len(prompts[i]), i))
+        joined = [0] * len(prompts)
+        for i, row in zip(order, sorted(self.free)[: len(prompts)]):
+            joined[i] = row
+            self.free.remove(row)
+            self.seqs[row] = list(prompts[i])
         for r, t in zip(rows, tokens):
             self.seqs[r].append(int(t))
-        if self.cache is None:
-            x = torch.cat([self.model.hidden_states(torch.tensor([self.seqs[r]], device=self.device))[:, -1] for r in rows])
-            return self.head(x)
-        ids = torch.tensor(list(tokens), device=self.device)[:, None]  # (n, 1)
-        return self.head(self.model.hidden_states(ids, cache=self.cache, rows=rows)[:, 0])
+        feed = [(r, [int(t)]) for r, t in zip(rows, tokens)] + [(joined[i], list(prompts[i])) for i in order]
+        try:
+            x = self._last_hidden(feed)
+        except BaseException:  # the joiners' rows are free again; the caller decides what becomes of the others
+            for row in joined:
+                self.leave(row)
+            raise
+        logits = self.head(x)
+        if prompts:  # back into the caller's order: the rows' logits, then each prompt's
+            where = {i: len(rows) + k for k, i in enumerate(order)}
+            logits = logits[list(range(len(rows))) + [where[i] for i in range(len(prompts))]]
+        return logits, joined
+
+    def _last_hidden(self, feed: list[tuple[int, list[int]]]) -> torch.Tensor:
+        """The tokens `feed` gives each row, in one forward -> the hidden state (n, d) after each row's last."""
+        if self.cache is None:  # the reference: each row's whole sequence through the plain forward
+            return torch.cat([self.model.hidden_states(torch.tensor([self.seqs[r]], device=self.device))[:, -1]
+                              for r, _ in feed])
+        if len({len(ids) for _, ids in feed}) == 1:  # one shape: a plain (B, T) forward
+            ids = torch.tensor([ids for _, ids in feed], device=self.device)
+            return self.model.hidden_states(ids, cache=self.cache, rows=[r for r, _ in feed])[:, -1]
+        lengths = [len(ids) for _, ids in feed]  # else a ragged forward: all the tokens in a row of one
+        flat = torch.tensor([t for _, ids in feed for t in ids], device=self.device)[None]
+        h = self.model.hidden_states(flat, cache=self.cache, rows=[r for r, _ in feed], lengths=lengths)
+        return h[0, torch.tensor(lengths, device=self.device).cumsum(0) - 1]  # each row's last token
 
     def leave(self, row: int) -> None:
         """The row's sequence is done: free the row for the next join."""

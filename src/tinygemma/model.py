@@ -137,19 +137,30 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, mask, cache: KVCache | None = None):
         B, T, _ = x.shape
+        q, k, v = self._qkv(x, cos, sin)  # (B, T, heads, D)
+        if cache is None:  # a fresh sequence: causal (T > 1) unless `mask` says more
+            y = self._attend(q, k, v, mask, is_causal=mask is None and T > 1)
+        elif not cache.ragged:  # the common call: one prompt length, or one token per row
+            y = self._attend(q, *cache.update(self.layer_idx, 0, k, v))
+        else:  # a ragged forward (B = 1): each part's tokens are a (rows, T) block of its own
+            ys = []
+            for i, part in enumerate(cache.parts):
+                qp, kp, vp = (t[0, part.tokens].unflatten(0, (part.rows, part.length)) for t in (q, k, v))
+                ys.append(self._attend(qp, *cache.update(self.layer_idx, i, kp, vp)).flatten(0, 1))
+            y = torch.cat(ys)[None]
+        return self.o_proj(y) if self.o_t is None else y @ self.o_t
+
+    def _attend(self, q, k, v, mask, is_causal: bool) -> torch.Tensor:
+        """q (B, T, H, D) over keys and values (B, S, Hkv, D) -> (B, T, H * D)."""
+        B, T = q.shape[:2]
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
-        q, k, v = (t.transpose(1, 2) for t in self._qkv(x, cos, sin))  # (B, heads, T, D)
-        if cache is not None:
-            k, v = cache.update(self.layer_idx, k, v)  # (B, Hkv, S, D): what these queries attend to
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T or S, D)
         if T == 1:  # one query a head: the G = H / Hkv heads sharing a KV head are G query rows of it
             q = q.reshape(B, Hkv, H // Hkv, D)  # SDPA without enable_gqa: 3x faster at 200 keys on CPU
-        # no mask: causal over a fresh sequence (T > 1), or every cached key (T = 1)
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None and T > 1, scale=self.scale,
-            enable_gqa=q.size(1) != Hkv,
+            q, k, v, attn_mask=mask, is_causal=is_causal, scale=self.scale, enable_gqa=q.size(1) != Hkv,
         )  # (B, H, T, D), or (B, Hkv, G, D) for T = 1: the same order of heads
-        y = y.reshape(B, 1, H * D) if T == 1 else y.transpose(1, 2).reshape(B, T, H * D)
-        return self.o_proj(y) if self.o_t is None else y @ self.o_t
+        return y.reshape(B, 1, H * D) if T == 1 else y.transpose(1, 2).reshape(B, T, H * D)
 
 
 class MLP(nn.Module):
@@ -280,21 +291,25 @@ class Gemma3Model(nn.Module):
             self._mask_cache[key] = attention_mask(i, i, W)
         return self._mask_cache[key]
 
-    def hidden_states(self, input_ids, *, cache: KVCache | None = None, rows: Sequence[int] | None = None):
+    def hidden_states(self, input_ids, *, cache: KVCache | None = None, rows: Sequence[int] | None = None,
+                      lengths: Sequence[int] | None = None):
         """input_ids (B, T) -> final-norm hidden states (B, T, hidden_size), the LM head's input.
 
         With `cache`, the tokens continue the cache's rows `rows` (all rows if None; B = len(rows)),
-        each at its own next position (KVCache.begin says what a call may feed).
+        each at its own next position. With `lengths` too, the forward is ragged: input_ids (1, N)
+        holds lengths[i] tokens for rows[i], one row after another, so prompts for empty rows and
+        single tokens for the others go through one forward (KVCache.begin says what a call may feed).
         """
         B, T = input_ids.shape
         x = self.embed_tokens(input_ids)
         x = x * torch.tensor(self.config.hidden_size**0.5, dtype=x.dtype)  # scale in the weight dtype
         x = _dropout(x, self.config.dropout, self.training)
-        pos, masks = (None, None) if cache is None else cache.begin(B, T, rows, x.device)
-        if masks is None:  # a fresh sequence: positions 0..T-1, causal (and windowed), as in training
-            masks = {True: self._sliding_mask(T, x.device), False: None}
+        masks = {True: None, False: None}  # with a cache, each part of the forward has its masks in the cache's plan
+        if cache is None:  # a fresh sequence: positions 0..T-1, causal (and windowed), as in training
+            masks[True] = self._sliding_mask(T, x.device)
             rope = self._rope(torch.arange(T, device=x.device), x.dtype)
-        else:  # one token per row, each at its own position (B, 1): rows of tables made once per cache
+        else:  # each token at its own position: rows of tables made once per cache
+            pos = cache.begin(B, T, rows, lengths, x.device)
             if cache.rope is None:
                 cache.rope = self._rope(torch.arange(cache.max_len, device=x.device), x.dtype)
             rope = {s: (cos[pos], sin[pos]) for s, (cos, sin) in cache.rope.items()}
@@ -330,11 +345,23 @@ class Gemma3Model(nn.Module):
 
 @dataclass
 class _Plan:
-    """How one forward call uses the cache, the same for every layer of one type."""
+    """How one part of a forward call uses the cache, the same for every layer of one type."""
 
     write: tuple  # index of the new keys' columns in a (B, Hkv, C, D) buffer
     arrange: Callable[[torch.Tensor], torch.Tensor]  # new keys (b, Hkv, T, D) -> the value stored there
     read: tuple | None  # index of the columns the queries attend to; None: the new keys alone (a prompt)
+    mask: torch.Tensor | None  # which of them each query sees; None: all of them, or causal (is_causal)
+    is_causal: bool
+
+
+@dataclass
+class _Part:
+    """Rows of a forward call that take the same number of tokens, all prompts or all one token each."""
+
+    tokens: slice  # their tokens in a ragged call's flat order
+    rows: int
+    length: int  # tokens per row
+    plans: dict[bool, _Plan]  # keyed by is_sliding
 
 
 def _as_is(t: torch.Tensor) -> torch.Tensor:
@@ -349,9 +376,10 @@ class KVCache:
     """Keys and values of the tokens seen so far, preallocated, written by Gemma3Model's own forward.
 
     Each of the `batch_size` rows is one sequence with its own length (the position of its next
-    token). A forward call either feeds a prompt to rows that are empty, or one token to each of
-    some rows, wherever each row is. So a sequence can join a running batch in a free row while
-    the other rows are mid-decode, and `reset` frees a finished row for reuse.
+    token). A forward call feeds a prompt to rows that are empty, or one token to each of some
+    rows, wherever each row is, or both at once (a ragged call). So a sequence can join a running
+    batch in a free row while the other rows decode, in the same forward, and `reset` frees a
+    finished row for reuse.
 
     Sliding layers keep a ring of min(sliding_window, max_len) columns: position p sits in slot
     p % window, so after writing p the ring holds exactly the window p - window + 1 .. p. Full
@@ -367,51 +395,80 @@ class KVCache:
         shapes = [(batch_size, config.n_kv_heads, self.columns[s], config.head_dim) for s in self.sliding]
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for shape in shapes]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for shape in shapes]
-        self._plans: dict[bool, _Plan] = {}  # set by begin() for the forward under way
+        self.parts: list[_Part] = []  # set by begin() for the forward under way
+        self.ragged = False  # whether that forward is a ragged one (parts of their own shape)
         self.rope = None  # the model's RoPE tables for positions 0..max_len-1, made on the first step
 
     def reset(self, row: int) -> None:
         """Empty a row: its keys are never seen again, and it can take a new prompt."""
         self.lengths[row] = 0
 
-    def begin(self, B: int, T: int, rows: Sequence[int] | None, device):
-        """Plan a forward of T tokens for each of `rows` (all rows if None).
+    def begin(self, B: int, T: int, rows: Sequence[int] | None, lengths: Sequence[int] | None, device) -> torch.Tensor:
+        """Plan a forward of input_ids (B, T) -> the position of each token, shaped to broadcast as (B, T).
 
-        Either every row is empty and takes a prompt of T tokens (returns None, None: the
-        prompt is a fresh sequence, masked as in training), or T = 1 and each row takes one
-        token at its own next position (returns positions (B, 1) and a mask per layer type,
-        keyed by is_sliding; None where every row sees all attended columns).
+        Without `lengths`, each of `rows` (all rows if None) takes T tokens: a prompt into empty
+        rows (as in training: positions 0..T-1, causal and windowed), or T = 1 and each row one
+        token at its own next position. With `lengths` (a ragged call, B = 1, T = sum(lengths)),
+        rows[i] takes the next lengths[i] tokens: a prompt if it is empty, else one token.
+        Consecutive rows that take the same number of tokens form one part (its tokens a (rows,
+        length) block); each part attends on its own, and the position-wise layers see one batch.
         """
         rows = list(range(self.batch_size)) if rows is None else list(rows)
-        if len(rows) != B or len(set(rows)) != B or not all(0 <= r < self.batch_size for r in rows):
-            raise ValueError(f"rows {rows} must be {B} different rows of the cache's {self.batch_size}")
+        self.ragged = lengths is not None
+        if not self.ragged:
+            if len(rows) != B:
+                raise ValueError(f"rows {rows} must be {B} rows, one per row of input_ids")
+            lengths = [T] * B
+        elif B != 1 or len(lengths) != len(rows) or sum(lengths) != T or min(lengths, default=0) < 1:
+            raise ValueError(f"a ragged call feeds (1, sum(lengths)) tokens; got {B} x {T} for lengths {list(lengths)}")
+        if len(set(rows)) != len(rows) or not all(0 <= r < self.batch_size for r in rows):
+            raise ValueError(f"rows {rows} must be different rows of the cache's {self.batch_size}")
         starts = [self.lengths[r] for r in rows]
-        if T > 1 and any(starts):
+        if any(n > 1 and s for n, s in zip(lengths, starts)):
             raise ValueError("a prompt of several tokens goes into empty rows (KVCache.reset); "
                              "rows that hold tokens take one token per forward")
-        if max(starts) + T > self.max_len:
-            raise ValueError(f"KVCache holds {self.max_len} positions; {max(starts) + T} requested")
-        for r in rows:
-            self.lengths[r] += T
-        # rows in a run (all of them, or a server's compact block of live rows): a view, not a gather
-        run = rows == list(range(rows[0], rows[0] + B))
-        index = slice(rows[0], rows[0] + B) if run else torch.tensor(rows, device=device)
-        if not any(starts):
-            self._plan_prompt(T, index)
-            return None, None
-        return self._plan_step(starts, index, device)
+        end = max(s + n for s, n in zip(starts, lengths))
+        if end > self.max_len:
+            raise ValueError(f"KVCache holds {self.max_len} positions; {end} requested")
+        self.parts, positions, i = [], [], 0
+        while i < len(rows):  # each run of rows taking the same number of tokens is a part
+            j = i + 1
+            while j < len(rows) and lengths[j] == lengths[i]:
+                j += 1
+            n, part_rows, part_starts = lengths[i], rows[i:j], starts[i:j]
+            # rows in a run (all of them, or a server's compact block of live rows): a view, not a gather
+            run = part_rows == list(range(part_rows[0], part_rows[0] + len(part_rows)))
+            index = slice(part_rows[0], part_rows[-1] + 1) if run else torch.tensor(part_rows, device=device)
+            if any(part_starts):
+                plans, pos = self._plan_step(part_starts, index, device)  # pos (b, 1)
+            else:
+                plans, pos = self._plan_prompt(n, index, device), torch.arange(n, device=device)[None]  # (1, n)
+            first = sum(lengths[:i])
+            self.parts.append(_Part(slice(first, first + n * len(part_rows)), len(part_rows), n, plans))
+            positions.append(pos.expand(len(part_rows), n).reshape(-1) if self.ragged else pos)
+            i = j
+        for r, n in zip(rows, lengths):
+            self.lengths[r] += n
+        return torch.cat(positions)[None] if self.ragged else positions[0]
 
-    def _plan_prompt(self, T: int, index) -> None:
+    def _plan_prompt(self, T: int, index, device) -> dict[bool, _Plan]:
+        plans = {}
         for sliding, C in self.columns.items():
+            window = self.config.sliding_window if sliding else None
+            mask = None
+            if window is not None and T > window:  # a fresh sequence past the window, as Gemma3Model._sliding_mask
+                i = torch.arange(T, device=device)
+                mask = attention_mask(i, i, window)
             if T <= C:
-                self._plans[sliding] = _Plan((index, slice(None), slice(0, T)), _as_is, None)
+                write, arrange = (index, slice(None), slice(0, T)), _as_is
             else:  # the last C positions T-C..T-1 go to slots (T-C..T-1) % C: a rotation by T % C
-                arrange = lambda t, C=C: t[:, :, -C:].roll(T % C, dims=2)  # noqa: E731
-                self._plans[sliding] = _Plan((index, slice(None), slice(0, C)), arrange, None)
+                write, arrange = (index, slice(None), slice(0, C)), lambda t, C=C: t[:, :, -C:].roll(T % C, dims=2)
+            plans[sliding] = _Plan(write, arrange, None, mask, mask is None and T > 1)
+        return plans
 
-    def _plan_step(self, starts: list[int], index, device):
+    def _plan_step(self, starts: list[int], index, device) -> tuple[dict[bool, _Plan], torch.Tensor]:
         q = torch.tensor(starts, device=device)[:, None]  # (B, 1): each row's position
-        masks = {}
+        plans = {}
         for sliding, C in self.columns.items():
             seen = [min(s + 1, C) for s in starts]  # columns holding each row's keys, after the write
             n = max(seen)
@@ -423,20 +480,20 @@ class KVCache:
                 rows = index if isinstance(index, torch.Tensor) else torch.arange(index.start, index.stop,
                                                                                   device=device)
                 write, arrange = (rows, slice(None), q[:, 0] % C), _only_column
-            self._plans[sliding] = _Plan(write, arrange, (index, slice(None), slice(0, n)))
-            if min(seen) == n:
-                masks[sliding] = None  # every row sees all n columns
-            else:  # slot j holds the row's latest position p <= q with p = j (mod C); p < 0: empty
+            mask = None  # every row sees all n columns
+            if min(seen) != n:  # slot j holds the row's latest position p <= q with p = j (mod C); p < 0: empty
                 k_pos = q - (q - torch.arange(n, device=device)) % C  # (b, n)
                 window = self.config.sliding_window if sliding else None
-                masks[sliding] = attention_mask(q, k_pos, window)[:, None]  # (b, 1, 1, n)
-        return q, masks
+                mask = attention_mask(q, k_pos, window)[:, None]  # (b, 1, 1, n)
+            plans[sliding] = _Plan(write, arrange, (index, slice(None), slice(0, n)), mask, False)
+        return plans, q
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """Store a layer's new keys and values (b, Hkv, T, D); return those its queries attend to."""
-        plan = self._plans[self.sliding[layer]]
-        self.k[layer][plan.write] = plan.arrange(k)
-        self.v[layer][plan.write] = plan.arrange(v)
+    def update(self, layer: int, part: int, k: torch.Tensor, v: torch.Tensor):
+        """Store a layer's new keys and values (b, T, Hkv, D) of the call's part `part` -> the keys and
+        values (b, S, Hkv, D) its queries attend to, the mask and is_causal (Attention._attend's arguments)."""
+        plan = self.parts[part].plans[self.sliding[layer]]
+        self.k[layer][plan.write] = plan.arrange(k.transpose(1, 2))
+        self.v[layer][plan.write] = plan.arrange(v.transpose(1, 2))
         if plan.read is None:
-            return k, v  # a prompt attends to itself, as in training
-        return self.k[layer][plan.read], self.v[layer][plan.read]
+            return k, v, plan.mask, plan.is_causal  # a prompt attends to itself, as in training
+        return self.k[layer][plan.read].transpose(1, 2), self.v[layer][plan.read].transpose(1, 2), plan.mask, False

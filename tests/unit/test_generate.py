@@ -105,10 +105,10 @@ def test_a_freed_row_does_not_see_the_old_sequence(model):
     torch.testing.assert_close(torch.stack(seen), alone_logits, atol=1e-5, rtol=1e-5)
 
 
-def test_prompts_of_one_length_are_prefilled_together_as_if_alone(model):
+def test_prompts_are_prefilled_together_as_if_alone(model):
     prompts = [[1, 2, 3], [4, 5, 6], [7, 8], [9, 10, 11]]
     with Batch(model, rows=5, max_len=32, fast_head=False) as batch:
-        joined = batch.join_all(prompts)  # one forward for the three of length 3, one for [7, 8]
+        joined = batch.join_all(prompts)  # one ragged forward: a part for the three of length 3, one for [7, 8]
         assert [row for row, _ in joined] == [0, 1, 3, 2]
         steps = [batch.step([row for row, _ in joined], [5, 6, 7, 8]) for _ in range(3)]
         with pytest.raises(TinyGemmaError, match="busy"):
@@ -119,6 +119,32 @@ def test_prompts_of_one_length_are_prefilled_together_as_if_alone(model):
             torch.testing.assert_close(joined[i][1], logits, atol=1e-5, rtol=1e-5)
             for step in steps:
                 torch.testing.assert_close(step[i], alone.step([row], [5 + i])[0], atol=1e-5, rtol=1e-5)
+
+
+def test_a_join_in_the_same_forward_as_a_step_gives_what_each_gives_alone(model):
+    """step_and_join: rows take their next token while prompts (of two lengths) fill free rows, in one
+    forward; every logit equals the one from a step and a join on their own."""
+    prompts = [[3, 4, 5, 6], [7], [8, 9, 10, 11]]
+    with Batch(model, rows=5, max_len=32, fast_head=False) as together, \
+            Batch(model, rows=5, max_len=32, fast_head=False) as apart:
+        for b in (together, apart):
+            assert [row for row, _ in b.join_all([[1, 2, 3], [4, 5]])] == [0, 1]
+        calls = []
+        original = model.hidden_states
+        model.hidden_states = lambda *a, **k: calls.append(k.get("lengths")) or original(*a, **k)
+        try:
+            logits, rows = together.step_and_join([0, 1], [6, 7], prompts)
+        finally:
+            del model.hidden_states
+        assert calls == [[1, 1, 4, 4, 1]] and rows == [2, 4, 3]  # one ragged forward; lengths grouped
+        step = apart.step([0, 1], [6, 7])
+        joined = [apart.join(p) for p in prompts]
+        assert [row for row, _ in joined] == [2, 3, 4]
+        torch.testing.assert_close(logits[:2], step, atol=1e-5, rtol=1e-5)
+        for i, (_, alone) in enumerate(joined):
+            torch.testing.assert_close(logits[2 + i], alone, atol=1e-5, rtol=1e-5)
+        with pytest.raises(TinyGemmaError, match="busy"):
+            together.step_and_join([0], [1], [[1]])  # every row taken
 
 
 def test_fast_head_gives_the_exact_greedy_tokens(model):

@@ -105,3 +105,45 @@ def test_cache_refuses_what_it_cannot_hold():
         cache.reset(0)  # a freed row takes a new prompt
         model.hidden_states(torch.tensor([[4, 5]]), cache=cache, rows=[0])
     assert cache.lengths == [2, 0]
+
+
+@pytest.mark.parametrize("prepared", [False, True])
+def test_a_ragged_forward_prefills_some_rows_while_others_decode(prepared):
+    """One call: rows 0 and 2 take their next token while rows 1 and 3 (just reset) take prompts of 11
+    (past the window of 8) and 3 tokens. Each row's hidden states equal the plain forward's."""
+    model = random_model(**SHAPES["gqa-full-first"])
+    V = model.config.vocab_size
+    seqs = [torch.randint(0, V, (n,)) for n in (6, 11, 9, 3)]
+    cache = KVCache(model.config, 4, 32)
+    with model.prepared_for_inference() if prepared else torch.no_grad():
+        for r in (0, 1, 2):  # rows 0 and 2 hold 5 and 8 tokens; row 1 held one sequence and was reset
+            model.hidden_states(seqs[r][None, : len(seqs[r]) - 1] if r != 1 else seqs[1][None, :4], cache=cache, rows=[r])
+        cache.reset(1)
+        feed = [(0, seqs[0][-1:]), (2, seqs[2][-1:]), (1, seqs[1]), (3, seqs[3])]
+        flat = torch.cat([ids for _, ids in feed])[None]
+        h = model.hidden_states(flat, cache=cache, rows=[r for r, _ in feed], lengths=[len(ids) for _, ids in feed])
+        assert [(p.rows, p.length) for p in cache.parts] == [(2, 1), (1, 11), (1, 3)]
+        got = torch.split(h[0], [len(ids) for _, ids in feed])
+        for (r, ids), hr in zip(feed, got):
+            plain = model.hidden_states(seqs[r][None])[0, -len(ids):]
+            torch.testing.assert_close(hr, plain, atol=1e-5, rtol=1e-5)
+        assert cache.lengths == [6, 11, 9, 3]
+        # and the rows go on decoding together from there
+        nxt = torch.randint(0, V, (4, 1))
+        step = model.hidden_states(nxt, cache=cache)[:, 0]
+        for r in range(4):
+            plain = model.hidden_states(torch.cat([seqs[r], nxt[r]])[None])[0, -1]
+            torch.testing.assert_close(step[r], plain, atol=1e-5, rtol=1e-5)
+
+
+def test_a_ragged_call_is_checked():
+    model = random_model(**SHAPES["mqa"])
+    cache = KVCache(model.config, 2, 16)
+    with torch.no_grad():
+        model.hidden_states(torch.tensor([[1, 2, 3]]), cache=cache, rows=[0])
+        with pytest.raises(ValueError, match="ragged"):  # lengths that do not add up to the tokens
+            model.hidden_states(torch.tensor([[4, 5, 6]]), cache=cache, rows=[0, 1], lengths=[1, 1])
+        with pytest.raises(ValueError, match="empty rows"):  # a prompt for a row that holds tokens
+            model.hidden_states(torch.tensor([[4, 5, 6]]), cache=cache, rows=[0, 1], lengths=[2, 1])
+        model.hidden_states(torch.tensor([[4, 5, 6]]), cache=cache, rows=[0, 1], lengths=[1, 2])
+    assert cache.lengths == [4, 2]
