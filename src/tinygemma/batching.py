@@ -129,8 +129,10 @@ class Engine:
         self._thread = threading.Thread(target=self._run, name="tinygemma-engine", daemon=True)
 
     def after_each_step(self, fn: Callable[[], None]) -> None:
-        """Call `fn()` from the engine's thread after each decoding step (and once at the end): a server
-        hands the step's events over in one go instead of waking its event loop once per event."""
+        """Call `fn()` from the engine's thread once per decoding step, when that step's tokens are taken
+        (before its forward, so a server sends them while the next ones are computed), after each pass
+        of the loop, and once at the end: a server hands the step's events over in one go instead of
+        waking its event loop once per event."""
         self._after_step.append(fn)
 
     def start(self) -> Engine:
@@ -184,8 +186,7 @@ class Engine:
         with Batch(self.model, self.rows, self.max_len, batch_invariant=True) as batch:
             while self._wait_for_work():
                 try:
-                    self._admit(batch)
-                    self._advance(batch)
+                    self._step(batch)
                 except Exception:  # a bug: end the sequences under way, keep serving the others
                     log.exception("the decode step failed; its sequences end with finish_reason 'error'")
                     for row in list(self._live):
@@ -210,25 +211,10 @@ class Engine:
                 self._cond.wait()
             return not self._closed
 
-    def _admit(self, batch: Batch) -> None:
-        """Waiting sequences take the free rows: one prefill for the prompts of each length (Batch.join_all)."""
-        with self._cond:
-            taken = [self._waiting.popleft() for _ in range(min(len(batch.free), len(self._waiting)))]
-        seqs = []
-        for seq in taken:
-            if seq.cancelled:
-                self._done(seq, "cancelled")
-            else:
-                seq.begin(self.tokenizer, batch.device)
-                seqs.append(seq)
-        if seqs:
-            joined = batch.join_all([s.prompt_ids for s in seqs])
-            with self._cond:
-                for seq, (row, logits) in zip(seqs, joined):
-                    self._live[row], self._logits[row] = seq, logits
-
-    def _advance(self, batch: Batch) -> None:
-        """Each row samples its next token; finished and cancelled rows leave; one step for the rest."""
+    def _step(self, batch: Batch) -> None:
+        """Each live row samples its next token; finished and cancelled rows leave; waiting sequences take
+        the free rows; then one forward for all: a token for each writing row and each joiner's whole
+        prompt (Batch.step_and_join), so a join costs its tokens, not a forward of its own."""
         for row in [r for r, seq in self._live.items() if seq.cancelled]:
             self._leave(batch, row, "cancelled")
         rows, tokens = [], []
@@ -238,10 +224,34 @@ class Engine:
                 tokens.append(token)
             else:
                 self._leave(batch, row, None)
-        if rows:
-            logits = batch.step(rows, tokens)
-            self._logits.update(zip(rows, logits))
-            self._stepped = (rows, logits)
+        joining = self._joining(len(batch.free))
+        self._stepped_all()  # the pieces just taken go out (to a server's event loop) while the forward runs
+        if not rows and not joining:
+            return
+        try:
+            logits, joined = batch.step_and_join(rows, tokens, [s.prompt_ids for s in joining])
+        except Exception:
+            for seq in joining:
+                self._done(seq, "error")
+            raise
+        self._stepped = (rows + joined, logits)
+        with self._cond:
+            for seq, row in zip(joining, joined):
+                self._live[row] = seq
+            self._logits.update(zip(rows + joined, logits))
+
+    def _joining(self, free: int) -> list[Sequence]:
+        """Up to `free` waiting sequences, ready to join (the cancelled ones among them are done)."""
+        with self._cond:
+            taken = [self._waiting.popleft() for _ in range(min(free, len(self._waiting)))]
+        out = []
+        for seq in taken:
+            if seq.cancelled:
+                self._done(seq, "cancelled")
+            else:
+                seq.begin(self.tokenizer, self.model.embed_tokens.weight.device)
+                out.append(seq)
+        return out
 
     def _sample(self) -> dict[int, int]:
         """The next token of every live row: one sample_next call per group of rows with the same settings,

@@ -133,3 +133,29 @@ def test_after_each_step_sees_every_event_of_the_step_before_it(model):
             threading.Event().wait(0.01)
     assert steps and steps[-1] == len(log) == 2 * 5 + 2  # 5 pieces and a finish each, all handed over
     assert all(b - a in (0, 2, 4) for a, b in zip([0] + steps, steps))  # whole steps: both rows' events together
+
+
+def test_a_sequence_joins_in_the_forward_of_the_others_step(model):
+    """A request that arrives while others write costs its prompt's tokens in their next forward, not a
+    prefill forward of its own (Batch.step_and_join)."""
+    calls = []
+    original = model.hidden_states
+    model.hidden_states = lambda ids, **k: calls.append((tuple(ids.shape), k.get("lengths"))) or original(ids, **k)
+    late = Collect()
+    try:
+        with Engine(model, ByteTokenizer(), rows=2, max_len=64, max_waiting=2) as engine:
+            joined = []
+
+            def first(piece, reason):  # from the engine's thread, as its third token is taken
+                if piece and len(joined) == 2:
+                    engine.submit([Sequence([9, 8, 7, 6], Sampling(max_new_tokens=3, temperature=0), late)])
+                joined.append(piece)
+
+            engine.submit([Sequence([1, 2, 3], Sampling(max_new_tokens=6, temperature=0), first)])
+            engine.start()
+            assert late.done.wait(30)
+    finally:
+        del model.hidden_states
+    assert late.reason == "length" and len(late.text) > 0
+    assert ((1, 5), [1, 4]) in calls  # the first sequence's token and the joiner's 4 prompt tokens, one forward
+    assert ((1, 4), None) not in calls  # no forward for the joiner's prompt alone
