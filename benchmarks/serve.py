@@ -15,8 +15,9 @@ clients.
 
     flock -x /tmp/tinygemma-bench.lock nice -n -20 .venv/bin/python benchmarks/serve.py [--rounds 3] [--train-steps 150]
 
-llama.cpp's llama-server is not a peer here: `make llama-cpp` builds llama-completion and
-llama-tokenize only (llamacpp.py), not the server.
+When llama.cpp is built here (`make llama-cpp`), llama.cpp's llama-server serves the same weights
+(an f32 GGUF, as many slots, continuous batching) as a second peer, built on first use
+(llamacpp.ensure_server); `--llama-server no` skips it.
 """
 
 from __future__ import annotations
