@@ -71,7 +71,15 @@ def candidates() -> dict[str, dict]:
     for d, layers in ((128, 6), (192, 4), (256, 4), (256, 6)):
         c[f"muon, wsd, compile, bf16, wd 0.5, d{d} x {layers}"] = best + ["weight_decay=0.5"] + shape(d, layers)
     c["muon, wsd, compile, bf16, wd 1.0, d128 x 6"] = best + ["weight_decay=1.0"] + shape(128, 6)
-    return {name: {"tokenizer": "bpe:4096", "sets": OLD + sets} for name, sets in c.items()}
+    c["muon, wsd, compile, bf16, wd 4.0, d128 x 6"] = best + ["weight_decay=4.0"] + shape(128, 6)
+    c["muon, wsd, compile, bf16, wd 4.0, dropout 0.1"] = best + ["weight_decay=4.0", "model.dropout=0.1"]
+    c["muon, wsd, compile, bf16, wd 2.0, lr 6e-3"] = best + ["weight_decay=2.0", "lr=6e-3"]
+    c["muon, wsd, compile, bf16, wd 4.0, decay 0.5"] = best + ["weight_decay=4.0", "decay_fraction=0.5"]
+    out = {name: {"tokenizer": "bpe:4096", "sets": OLD + sets} for name, sets in c.items()}
+    for vocab in (1024, 2048):  # the same recipe on a smaller vocabulary (speed class: the bpe:4096 one's, a floor)
+        out[f"muon, wsd, compile, bf16, wd 4.0, bpe:{vocab}"] = {"tokenizer": f"bpe:{vocab}",
+                                                                 "sets": OLD + best + ["weight_decay=4.0"]}
+    return out
 
 
 def speed_class(sets: list[str]) -> str:
