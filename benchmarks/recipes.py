@@ -75,7 +75,23 @@ def candidates() -> dict[str, dict]:
     c["muon, wsd, compile, bf16, wd 4.0, dropout 0.1"] = best + ["weight_decay=4.0", "model.dropout=0.1"]
     c["muon, wsd, compile, bf16, wd 2.0, lr 6e-3"] = best + ["weight_decay=2.0", "lr=6e-3"]
     c["muon, wsd, compile, bf16, wd 4.0, decay 0.5"] = best + ["weight_decay=4.0", "decay_fraction=0.5"]
+    wd4 = best + ["weight_decay=4.0"]
+    c["muon, wsd, compile, bf16, wd 4.0, window 256"] = wd4 + ["model.sliding_window=256"]  # every layer sees the block
+    c["muon, wsd, compile, bf16, wd 4.0, adamw lr 1e-2"] = wd4 + ["lr=1e-2", "muon_lr=3e-3"]  # embedding and norms
+    c["muon, wsd, compile, bf16, wd 4.0, adamw lr 1e-3"] = wd4 + ["lr=1e-3", "muon_lr=3e-3"]
+    c["muon, wsd, compile, bf16, wd 4.0, muon lr 6e-3"] = wd4 + ["muon_lr=6e-3"]
+    c["muon, wsd, compile, bf16, wd 4.0, dropout 0.3"] = wd4 + ["model.dropout=0.3"]
+    c["muon, wsd, compile, bf16, wd 4.0, d192 x 4"] = wd4 + shape(192, 4)
+    c["muon, wsd, compile, bf16, wd 4.0, 8 x 512"] = wd4 + ["batch_size=8", "block_size=512"]  # longer context, same tokens/step
+    c["muon, wsd, compile, bf16, wd 4.0, 8 x 256"] = wd4 + ["batch_size=8"]  # twice the steps
+    c["muon, wsd, compile, bf16, wd 2.0, 8 x 512"] = best + ["weight_decay=2.0", "batch_size=8", "block_size=512"]
+    c["muon, wsd, compile, bf16, wd 4.0, 4 x 1024"] = wd4 + ["batch_size=4", "block_size=1024"]
+    c["muon, wsd, compile, bf16, wd 4.0, 8 x 512, window 512"] = wd4 + ["batch_size=8", "block_size=512",
+                                                                         "model.sliding_window=512"]
     out = {name: {"tokenizer": "bpe:4096", "sets": OLD + sets} for name, sets in c.items()}
+    # the training stories tokenized 16 times, 15 of them with BPE dropout 0.1 (an augmentation of the ids)
+    out["muon, wsd, compile, bf16, wd 4.0, bpe-dropout 0.1 x 16"] = {"tokenizer": "bpe:4096", "sets": OLD + wd4,
+                                                                   "bpe_dropout": (0.1, 16)}
     for vocab in (1024, 2048):  # the same recipe on a smaller vocabulary (speed class: the bpe:4096 one's, a floor)
         out[f"muon, wsd, compile, bf16, wd 4.0, bpe:{vocab}"] = {"tokenizer": f"bpe:{vocab}",
                                                                  "sets": OLD + best + ["weight_decay=4.0"]}
@@ -99,13 +115,45 @@ def write_fraction(src: Path, fraction: float, out: Path) -> int:
     return len(keep)
 
 
-def prepared(tokenizer: str, train_file: Path, valid_file: Path, work: Path) -> tuple[Path, dict]:
+def prepared(tokenizer: str, train_file: Path, valid_file: Path, work: Path,
+             bpe_dropout: tuple[float, int] | None = None) -> tuple[Path, dict]:
     from tinygemma.prepare import PrepareOptions, prepare
 
     data = work / f"data_{tokenizer.replace(':', '_')}_{train_file.stem}"
+    if bpe_dropout:
+        data = data.with_name(f"{data.name}_bpe_dropout_{bpe_dropout[0]:g}_x{bpe_dropout[1]}")
     meta = prepare(PrepareOptions(source=str(train_file), val_source=str(valid_file), tokenizer=tokenizer, out=data,
                                   quiet=True, progress=False, doc_split=SEPARATOR))
+    if bpe_dropout:
+        meta = augment_bpe_dropout(data, meta, *bpe_dropout)
     return data, meta
+
+
+def augment_bpe_dropout(data: Path, meta: dict, p: float, copies: int) -> dict:
+    """Replace train.bin by `copies` tokenizations of its documents: the canonical one, then copies - 1 with
+    the BPE's merges dropped at rate p (tokenizers' BPE dropout). Validation keeps the canonical ids."""
+    import numpy as np
+
+    from tinygemma.data import pack
+    from tinygemma.tokenizer import load_tokenizer
+
+    tok, t = load_tokenizer(meta["tokenizer"], data), meta["tokenizer"]
+    ids = np.fromfile(data / "train.bin", dtype=meta["dtype"]).astype(np.int64)
+    ends = np.flatnonzero(ids == t["eot_id"])
+    starts = np.r_[0, ends[:-1] + 1] + (t["bos_id"] is not None)
+    docs = [tok.decode(ids[a:b].tolist()) for a, b in zip(starts, ends)]
+    bpe = tok._tok.model  # the Rust BPE model behind an HFTokenizer
+    parts = [ids]
+    for _ in range(copies - 1):
+        bpe.dropout = p
+        parts.append(pack(((e.ids, True, True) for e in tok._tok.encode_batch(docs, add_special_tokens=False)),
+                          t["bos_id"], t["eot_id"]))
+        bpe.dropout = None
+    out = np.concatenate(parts).astype(meta["dtype"])
+    out.tofile(data / "train.bin")
+    meta["train"] = {**meta["train"], "tokens": int(len(out))}
+    (data / "meta.json").write_text(json.dumps(meta))
+    return meta
 
 
 def config(cand: dict, data: Path, out: Path, seed: int, **flags):
@@ -118,7 +166,7 @@ def config(cand: dict, data: Path, out: Path, seed: int, **flags):
 
 
 def _stepper(cand: dict, data: Path, work: Path):
-    """A closure running one real training step (train.train_step) of this candidate."""
+    """A closure running one real training step (train.train_step) of this candidate, and its tokens per step."""
     from tinygemma.data import BatchSampler
     from tinygemma.device import autocast_context, compile_model
     from tinygemma.distributed import DistInfo
@@ -134,20 +182,21 @@ def _stepper(cand: dict, data: Path, work: Path):
     opt = build_optimizer(model, cfg, device)
     sampler = BatchSampler(cfg.data_dir, "train", cfg.block_size, cfg.batch_size, seed=cfg.seed)
     amp = autocast_context(cfg, device)
-    return lambda: train_step(model, opt, sampler, cfg, amp, DistInfo(), device, cfg.lr)
+    step = lambda: train_step(model, opt, sampler, cfg, amp, DistInfo(), device, cfg.lr)  # noqa: E731
+    return step, cfg.batch_size * cfg.block_size * cfg.grad_accum
 
 
 def speed_rows(cands: dict, train_file: Path, valid_file: Path, work: Path, steps: int, reference: float) -> list:
     """Steps of every speed class, interleaved round-robin in this one process, so that other work on the
-    machine slows them all alike. The median step time of each class, relative to the old recipe's, scales
+    machine slows them all alike. Each class's tokens per median step, relative to the old recipe's, scales
     `reference` (the old recipe's tokens/s measured on a quiet machine) into its tokens/s."""
     classes = {}
     for name, cand in cands.items():
         classes.setdefault(speed_class(cand["sets"]), (name, cand))
-    steppers = {}
+    steppers, step_tokens = {}, {}
     for c, (name, cand) in classes.items():
-        data, _ = prepared(cand["tokenizer"], train_file, valid_file, work)
-        steppers[c] = _stepper(cand, data, work)
+        data, _ = prepared(cand["tokenizer"], train_file, valid_file, work, cand.get("bpe_dropout"))
+        steppers[c], step_tokens[c] = _stepper(cand, data, work)
         for _ in range(5):  # warm-up (and compilation)
             steppers[c]()
     times = {c: [] for c in classes}
@@ -157,9 +206,10 @@ def speed_rows(cands: dict, train_file: Path, valid_file: Path, work: Path, step
             step()
             times[c].append(time.perf_counter() - t0)
     median = {c: sorted(v)[len(v) // 2] for c, v in times.items()}
-    base = median[speed_class(OLD)]
-    return [{"name": classes[c][0], "class": c, "tok_per_s": reference * base / median[c],
-             "step_ms": median[c] * 1e3, "relative": base / median[c], "reference": reference, "steps": steps,
+    rate = {c: step_tokens[c] / median[c] for c in classes}
+    base = rate[speed_class(OLD)]
+    return [{"name": classes[c][0], "class": c, "tok_per_s": reference * rate[c] / base,
+             "step_ms": median[c] * 1e3, "relative": rate[c] / base, "reference": reference, "steps": steps,
              "date": time.strftime("%Y-%m-%d %H:%M"), "cpu": cpu_name()} for c in classes]
 
 
@@ -169,7 +219,7 @@ def run_one(name: str, cand: dict, train_file: Path, valid_file: Path, work: Pat
     from tinygemma.evaluate import evaluate_split
     from tinygemma.train import train
 
-    data, meta = prepared(cand["tokenizer"], train_file, valid_file, work)
+    data, meta = prepared(cand["tokenizer"], train_file, valid_file, work, cand.get("bpe_dropout"))
     out = work / "model"
     cfg = config(cand, data, out, seed)
     steps = max(1, tokens // (cfg.batch_size * cfg.block_size))
