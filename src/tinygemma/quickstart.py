@@ -45,7 +45,8 @@ class Recipe:
     tokenizer: str = "bpe:4096"
     preset: str = "mini"
     sets: tuple[str, ...] = (
-        "block_size=256", "batch_size=16", "warmup_iters=50",
+        # 8 x 512, not 16 x 256: the same tokens per step, in windows that hold whole stories (docs/RECIPES.md)
+        "block_size=512", "batch_size=8", "warmup_iters=50",
         "optimizer=muon", "lr=3e-3",  # Muon for the hidden matrices, AdamW for embeddings and norms, one lr
         "lr_decay=wsd", "decay_fraction=0.3", "min_lr=0",  # flat, then linear to zero over the last 30%
         "eval_interval=100", "eval_windows=32", "checkpoint_interval=100",
