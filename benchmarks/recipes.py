@@ -137,6 +137,8 @@ def augment_bpe_dropout(data: Path, meta: dict, p: float, copies: int) -> dict:
     from tinygemma.data import pack
     from tinygemma.tokenizer import load_tokenizer
 
+    if meta["train"].get("bpe_dropout"):  # prepare found the folder up to date: already augmented
+        return meta
     tok, t = load_tokenizer(meta["tokenizer"], data), meta["tokenizer"]
     ids = np.fromfile(data / "train.bin", dtype=meta["dtype"]).astype(np.int64)
     ends = np.flatnonzero(ids == t["eot_id"])
@@ -151,7 +153,7 @@ def augment_bpe_dropout(data: Path, meta: dict, p: float, copies: int) -> dict:
         bpe.dropout = None
     out = np.concatenate(parts).astype(meta["dtype"])
     out.tofile(data / "train.bin")
-    meta["train"] = {**meta["train"], "tokens": int(len(out))}
+    meta["train"] = {**meta["train"], "tokens": int(len(out)), "bpe_dropout": [p, copies]}
     (data / "meta.json").write_text(json.dumps(meta))
     return meta
 
