@@ -134,27 +134,27 @@ def augment_bpe_dropout(data: Path, meta: dict, p: float, copies: int) -> dict:
     the BPE's merges dropped at rate p (tokenizers' BPE dropout). Validation keeps the canonical ids."""
     import numpy as np
 
-    from tinygemma.data import pack
+    from tinygemma.data import load_split, pack
+    from tinygemma.fsutil import atomic_write_json
     from tinygemma.tokenizer import load_tokenizer
 
     if meta["train"].get("bpe_dropout"):  # prepare found the folder up to date: already augmented
         return meta
     tok, t = load_tokenizer(meta["tokenizer"], data), meta["tokenizer"]
-    ids = np.fromfile(data / "train.bin", dtype=meta["dtype"]).astype(np.int64)
+    ids = np.asarray(load_split(data, "train"), dtype=np.int64)
     ends = np.flatnonzero(ids == t["eot_id"])
     starts = np.r_[0, ends[:-1] + 1] + (t["bos_id"] is not None)
-    docs = [tok.decode(ids[a:b].tolist()) for a, b in zip(starts, ends)]
-    bpe = tok._tok.model  # the Rust BPE model behind an HFTokenizer
+    docs = [tok.decode(ids[a:b]) for a, b in zip(starts, ends)]
+    bpe = tok._tok.model  # the Rust BPE model behind an HFTokenizer: its dropout rate is a settable attribute
     parts = [ids]
     for _ in range(copies - 1):
         bpe.dropout = p
-        parts.append(pack(((e.ids, True, True) for e in tok._tok.encode_batch(docs, add_special_tokens=False)),
-                          t["bos_id"], t["eot_id"]))
+        parts.append(pack(((e, True, True) for e in tok.encode_batch(docs)), t["bos_id"], t["eot_id"]))
         bpe.dropout = None
     out = np.concatenate(parts).astype(meta["dtype"])
     out.tofile(data / "train.bin")
     meta["train"] = {**meta["train"], "tokens": int(len(out)), "bpe_dropout": [p, copies]}
-    (data / "meta.json").write_text(json.dumps(meta))
+    atomic_write_json(data / "meta.json", meta)
     return meta
 
 
