@@ -25,6 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
+import shutil
 import sys
 import tempfile
 import time
@@ -85,6 +87,10 @@ def candidates() -> dict[str, dict]:
     c["muon, wsd, compile, bf16, wd 4.0, 8 x 512"] = wd4 + ["batch_size=8", "block_size=512"]  # longer context, same tokens/step
     c["muon, wsd, compile, bf16, wd 4.0, 8 x 256"] = wd4 + ["batch_size=8"]  # twice the steps
     c["muon, wsd, compile, bf16, wd 2.0, 8 x 512"] = best + ["weight_decay=2.0", "batch_size=8", "block_size=512"]
+    for wd in (8.0, 16.0):  # the data-size axis: more passes over less text
+        c[f"muon, wsd, compile, bf16, wd {wd}, 8 x 512"] = best + [f"weight_decay={wd}", "batch_size=8", "block_size=512"]
+    c["muon, wsd, compile, bf16, wd 2.0, 8 x 512, dropout 0.3"] = best + ["weight_decay=2.0", "batch_size=8",
+                                                                          "block_size=512", "model.dropout=0.3"]
     c["muon, wsd, compile, bf16, wd 4.0, 4 x 1024"] = wd4 + ["batch_size=4", "block_size=1024"]
     c["muon, wsd, compile, bf16, wd 4.0, 8 x 512, window 512"] = wd4 + ["batch_size=8", "block_size=512",
                                                                          "model.sliding_window=512"]
@@ -215,7 +221,8 @@ def speed_rows(cands: dict, train_file: Path, valid_file: Path, work: Path, step
              "date": time.strftime("%Y-%m-%d %H:%M"), "cpu": cpu_name()} for c in classes]
 
 
-def run_one(name: str, cand: dict, train_file: Path, valid_file: Path, work: Path, tokens: int, seed: int) -> dict:
+def run_one(name: str, cand: dict, train_file: Path, valid_file: Path, work: Path, tokens: int, seed: int,
+            keep: Path | None = None) -> dict:
     from tinygemma.checkpoint import load_model
     from tinygemma.config import updated
     from tinygemma.evaluate import evaluate_split
@@ -236,6 +243,9 @@ def run_one(name: str, cand: dict, train_file: Path, valid_file: Path, work: Pat
         scores[which] = ev["bpb"]
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     best_step = min((r for r in history if r.get("val_loss") is not None), key=lambda r: r["val_loss"])["step"]
+    if keep is not None:  # the model folder (best and last weights, metrics), and the data it was scored on
+        shutil.copytree(out, keep / "model", dirs_exist_ok=True)
+        shutil.copytree(data, keep / "data", dirs_exist_ok=True)
     return {"name": name, "sets": cand["sets"], "tokenizer": cand["tokenizer"], "seed": seed,
             "train_tokens": meta["train"]["tokens"], "train_docs": meta["train"]["documents"],
             "params": cfg.model.n_params, "tokens_seen": summary["tokens_seen"], "steps": summary["step"],
@@ -273,6 +283,7 @@ def main() -> int:
     ap.add_argument("--only", nargs="*", help="these candidate names only")
     ap.add_argument("--results", type=Path, default=Path("recipes.jsonl"), help="JSON lines, appended")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--keep", type=Path, help="run: keep each model and its data under KEEP/<name>-f<fraction>-s<seed>")
     args = ap.parse_args()
     if args.mode == "table":
         print(table(read_rows(args.results)))
@@ -305,7 +316,10 @@ def main() -> int:
                 print(f"{name}: no speed measured for {speed_class(cand['sets'])}; run `speed` first", flush=True)
                 continue
             tokens = math.floor(speed * args.minutes * 60)
-            row = {**run_one(name, cand, train_file, args.valid, work, tokens, args.seed),
+            keep = None
+            if args.keep:
+                keep = args.keep / f"{re.sub(r'[^a-z0-9.]+', '-', name.lower())}-f{args.fraction:g}-s{args.seed}"
+            row = {**run_one(name, cand, train_file, args.valid, work, tokens, args.seed, keep),
                    "fraction": args.fraction, "assumed_tok_per_s": speed, "minutes": args.minutes}
             print(f"{name} (fraction {args.fraction:g}, seed {args.seed}): best {row['bpb_best']:.4f}, "
                   f"last {row['bpb_last']:.4f} bpb, {row['passes']:.1f} passes", flush=True)
