@@ -18,6 +18,8 @@ Two steps, because a 2-core machine is rarely quiet for hours:
 `--fraction F` trains on the first F of the train file's documents (the data-size axis).
 Rows are appended to --results as JSON lines, and a finished (name, fraction, seed) is skipped,
 so an interrupted sweep continues where it stopped. `table` prints a results file as Markdown.
+`run --keep DIR` keeps each model; `ensemble --models DIR/a DIR/b ...` scores the average of their
+predicted probabilities (how much a committee of runs would gain over one).
 """
 
 from __future__ import annotations
@@ -254,6 +256,34 @@ def run_one(name: str, cand: dict, train_file: Path, valid_file: Path, work: Pat
             "date": time.strftime("%Y-%m-%d %H:%M"), "cpu": cpu_name()}
 
 
+@torch.no_grad()
+def ensemble_bpb(model_dirs: list[Path], data_dir: Path, block_size: int, batch_size: int = 8) -> dict:
+    """Bits per byte on data_dir's validation split of the models' averaged next-token probabilities
+    (log of the mean of p over the models), read in the evaluator's windows (tinygemma.evaluate), and
+    each model's own figure from the same pass."""
+    from tinygemma.checkpoint import load_model
+    from tinygemma.data import load_split, read_meta, start_token
+    from tinygemma.evaluate import _batch, _windows
+
+    meta = read_meta(data_dir)
+    models = [load_model(d)[0].eval() for d in model_dirs]
+    ids = torch.as_tensor(load_split(data_dir, "validation").astype("int64"))
+    start = start_token(meta["tokenizer"].get("bos_id"), meta["tokenizer"]["eot_id"])
+    if int(ids[0]) != start:
+        ids = torch.cat((torch.tensor([start]), ids))
+    windows = _windows(len(ids) - 1, block_size, block_size)
+    each, total = [0.0] * len(models), 0.0
+    for i in range(0, len(windows), batch_size):
+        x, y = _batch(ids, windows[i : i + batch_size], block_size, pad_id=start)
+        keep = y != -1
+        logp = torch.stack([m(x)[0].float().log_softmax(-1)[keep].gather(-1, y[keep][:, None])[:, 0] for m in models])
+        each = [e - float(lp.double().sum()) for e, lp in zip(each, logp)]
+        mixed = torch.logsumexp(logp.double(), 0) - math.log(len(models))
+        total -= float(mixed.sum())
+    n_bytes = meta["validation"]["bytes"]
+    return {"bpb": total / math.log(2) / n_bytes, "each": [e / math.log(2) / n_bytes for e in each]}
+
+
 def read_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
@@ -270,7 +300,7 @@ def table(rows: list[dict]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("mode", choices=["speed", "run", "table"])
+    ap.add_argument("mode", choices=["speed", "run", "table", "ensemble"])
     ap.add_argument("--train", type=Path, default=SHARED / "tinystories_train_stories.txt")
     ap.add_argument("--valid", type=Path, default=SHARED / "tinystories_valid_stories.txt")
     ap.add_argument("--minutes", type=float, default=10.0, help="run: the budget whose tokens each candidate gets")
@@ -283,10 +313,18 @@ def main() -> int:
     ap.add_argument("--only", nargs="*", help="these candidate names only")
     ap.add_argument("--results", type=Path, default=Path("recipes.jsonl"), help="JSON lines, appended")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--models", type=Path, nargs="*", help="ensemble: folders kept by `run --keep`")
     ap.add_argument("--keep", type=Path, help="run: keep each model and its data under KEEP/<name>-f<fraction>-s<seed>")
     args = ap.parse_args()
     if args.mode == "table":
         print(table(read_rows(args.results)))
+        return 0
+    if args.mode == "ensemble":  # the kept runs' best weights, on the first one's data (one tokenizer)
+        torch.set_num_threads(args.threads)
+        block = json.loads((args.models[0] / "model" / "config.json").read_text())["train"]["block_size"]
+        out = ensemble_bpb([m / "model" for m in args.models], args.models[0] / "data", block)
+        print(f"{len(args.models)} models: each {', '.join(f'{b:.4f}' for b in out['each'])}; "
+              f"their averaged probabilities {out['bpb']:.4f} bits per byte")
         return 0
     torch.set_num_threads(args.threads)
     cands = {n: c for n, c in candidates().items() if not args.only or n in args.only}
