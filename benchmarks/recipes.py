@@ -16,7 +16,7 @@ Two steps, because a 2-core machine is rarely quiet for hours:
         [--fraction 0.25] [--seed 2] [--only NAME ...]
 
 `--fraction F` trains on the first F of the train file's documents (the data-size axis).
-Rows are appended to --results as JSON lines, and a finished (name, fraction, seed) is skipped,
+Rows are appended to --results as JSON lines, and a finished (name, fraction, seed, minutes) is skipped,
 so an interrupted sweep continues where it stopped. `table` prints a results file as Markdown.
 `run --keep DIR` keeps each model; `ensemble --models DIR/a DIR/b ...` scores the average of their
 predicted probabilities (how much a committee of runs would gain over one).
@@ -103,6 +103,10 @@ def candidates() -> dict[str, dict]:
     for vocab in (1024, 2048):  # the same recipe on a smaller vocabulary (speed class: the bpe:4096 one's, a floor)
         out[f"muon, wsd, compile, bf16, wd 4.0, bpe:{vocab}"] = {"tokenizer": f"bpe:{vocab}",
                                                                  "sets": OLD + best + ["weight_decay=4.0"]}
+    for wd in (2.0, 4.0, 8.0, 16.0):  # the data-size axis: a vocabulary the text can fill
+        for vocab in (512, 1024, 2048):
+            out[f"muon, wsd, compile, bf16, wd {wd}, 8 x 512, bpe:{vocab}"] = {
+                "tokenizer": f"bpe:{vocab}", "sets": OLD + best + [f"weight_decay={wd}", "batch_size=8", "block_size=512"]}
     return out
 
 
@@ -289,10 +293,11 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| recipe | fraction | seed | params | val bpb, best | at the end | tokens | passes | best at step |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = ["| recipe | fraction | minutes | seed | params | val bpb, best | at the end | tokens | passes | best at step |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in sorted(rows, key=lambda r: (-r.get("fraction", 1), r["bpb_best"])):
-        lines.append(f"| {r['name']} | {r.get('fraction', 1):g} | {r['seed']} | {r['params'] / 1e6:.2f}M | "
+        lines.append(f"| {r['name']} | {r.get('fraction', 1):g} | {r.get('minutes', 10):g} | {r['seed']} | "
+                     f"{r['params'] / 1e6:.2f}M | "
                      f"{r['bpb_best']:.4f} | {r['bpb_last']:.4f} | {r['tokens_seen'] / 1e6:.2f}M | "
                      f"{r['passes']:.1f} | {r['best_step']} of {r['steps']} |")
     return "\n".join(lines)
@@ -314,7 +319,7 @@ def main() -> int:
     ap.add_argument("--results", type=Path, default=Path("recipes.jsonl"), help="JSON lines, appended")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--models", type=Path, nargs="*", help="ensemble: folders kept by `run --keep`")
-    ap.add_argument("--keep", type=Path, help="run: keep each model and its data under KEEP/<name>-f<fraction>-s<seed>")
+    ap.add_argument("--keep", type=Path, help="run: keep each model and its data under KEEP/<name>-f<fraction>-s<seed>-m<minutes>")
     args = ap.parse_args()
     if args.mode == "table":
         print(table(read_rows(args.results)))
@@ -347,7 +352,8 @@ def main() -> int:
                     f.write(json.dumps(row) + "\n")
             return 0
         for name, cand in cands.items():
-            if any(r["name"] == name and r["fraction"] == args.fraction and r["seed"] == args.seed for r in done):
+            if any(r["name"] == name and r["fraction"] == args.fraction and r["seed"] == args.seed
+                   and r.get("minutes", 10.0) == args.minutes for r in done):
                 continue
             speed = speeds.get(speed_class(cand["sets"]))
             if speed is None:
@@ -356,7 +362,7 @@ def main() -> int:
             tokens = math.floor(speed * args.minutes * 60)
             keep = None
             if args.keep:
-                keep = args.keep / f"{re.sub(r'[^a-z0-9.]+', '-', name.lower())}-f{args.fraction:g}-s{args.seed}"
+                keep = args.keep / f"{re.sub(r'[^a-z0-9.]+', '-', name.lower())}-f{args.fraction:g}-s{args.seed}-m{args.minutes:g}"
             row = {**run_one(name, cand, train_file, args.valid, work, tokens, args.seed, keep),
                    "fraction": args.fraction, "assumed_tok_per_s": speed, "minutes": args.minutes}
             print(f"{name} (fraction {args.fraction:g}, seed {args.seed}): best {row['bpb_best']:.4f}, "
