@@ -116,7 +116,7 @@ def run_ours(train_file: Path, valid_file: Path, seconds: float, work: Path, see
     return {"key": "ours", "model": model, "last_model": last, "tokenizer": tok, "data": data,
             "block": cfg.block_size, "wall": wall, "tokens_seen": summary["tokens_seen"],
             "params": model.config.n_params,
-            "name": f"tinygemma quickstart recipe ({cfg.preset}, {RECIPE.tokenizer}, batch {cfg.batch_size} x "
+            "name": f"tinygemma quickstart recipe ({cfg.preset}, {meta['tokenizer']['name']}, batch {cfg.batch_size} x "
                     f"block {cfg.block_size}, lr {cfg.lr:g}, dropout {cfg.model.dropout:g})"}
 
 

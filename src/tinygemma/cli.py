@@ -87,7 +87,8 @@ def add_prepare(sub) -> None:
     p.add_argument("--val-source", default=d.val_source, help="separate validation source (default: the source's "
                    "own validation split, else --val-fraction of the source)")
     p.add_argument("--tokenizer", default=d.tokenizer,
-                   help="gpt2, gemma3, bpe:N (trained here) or a tokenizer.json path (default: %(default)s)")
+                   help="gpt2, gemma3, bpe:N (trained here), bpe:auto (N from the training text's size) "
+                        "or a tokenizer.json path (default: %(default)s)")
     p.add_argument("--out", default=d.out, help="output folder (default: %(default)s)")
     p.add_argument("--num-proc", type=int, default=d.num_proc, help="worker processes (default: all cores)")
     p.add_argument("--text-field", default=d.text_field,
@@ -107,7 +108,7 @@ def add_prepare(sub) -> None:
     p.add_argument("--hf-mb", type=float, default=d.hf_mb, help="hf: source: stream only the first MB of each split "
                    "(default: download the whole dataset)")
     p.add_argument("--bpe-train-mb", type=float, default=d.bpe_train_mb,
-                   help="bpe:N: MB of training text to learn merges from (default: %(default)s)")
+                   help="bpe:N and bpe:auto: MB of training text to learn merges from (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="rebuild even if the output is up to date")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=d.progress,
                    help="show a progress bar (default: when stderr is a terminal)")

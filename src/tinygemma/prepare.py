@@ -37,7 +37,7 @@ from tinygemma.fsutil import atomic_path, exclusive_dir, json_text, writing
 from tinygemma.documents import PARAGRAPH_BREAK, Piece, TailCut, Task
 from tinygemma.sources import SPLITS, SourceOptions, check_files, count_documents, describe_inputs, first_mb, has_validation, \
     is_text_file, iter_pieces, iter_tasks, parse_task, resolve_files, source_bytes, tail_cut
-from tinygemma.tokenizer import Tokenizer, load_tokenizer, parse_bpe_spec, train_bpe
+from tinygemma.tokenizer import AUTO_VOCAB, BPE_AUTO, Tokenizer, auto_bpe_docs, load_tokenizer, parse_bpe_spec, train_bpe
 
 DEFAULT_SOURCE = "hf:roneneldan/TinyStories"
 HOLDOUT_BUCKETS = 1_000_000
@@ -345,8 +345,13 @@ def _make_tokenizer(opts: PrepareOptions, holdout: Holdout, say) -> Tokenizer:
     vocab = parse_bpe_spec(opts.tokenizer)
     if vocab is None:
         return load_tokenizer(opts.tokenizer)
-    say(f"training {opts.tokenizer} on up to {opts.bpe_train_mb:g} MB of {opts.source} ...")
-    return train_bpe(_bpe_docs(opts, holdout), vocab)
+    docs = _bpe_docs(opts, holdout)
+    if opts.tokenizer == BPE_AUTO:
+        vocab, n_bytes, docs = auto_bpe_docs(docs)
+        more = "or more " if vocab == AUTO_VOCAB[1] else ""
+        say(f"bpe:auto: {n_bytes:,} {more}bytes of training text -> bpe:{vocab} (docs/DATA.md, Tokenizers)")
+    say(f"training bpe:{vocab} on up to {opts.bpe_train_mb:g} MB of {opts.source} ...")
+    return train_bpe(docs, vocab)
 
 
 def _bpe_docs(opts: PrepareOptions, holdout: Holdout) -> Iterator[str]:

@@ -42,7 +42,7 @@ class Recipe:
     `train_config` resolves it, with the time budget and the regularisation the data size asks for,
     through runconfig.resolve_config, the same path `tinygemma train --preset P --set ...` takes."""
 
-    tokenizer: str = "bpe:4096"
+    tokenizer: str = "bpe:auto"  # bpe:4096, or fewer ids for less than ~650 KB of training text (tokenizer.py)
     preset: str = "mini"
     sets: tuple[str, ...] = (
         # 8 x 512, not 16 x 256: the same tokens per step, in windows that hold whole stories (docs/RECIPES.md)
@@ -229,7 +229,7 @@ def _quickstart(opts: QuickstartOptions, recipe: Recipe) -> dict:
     cfg = recipe.train_config(opts.data_dir, opts.out_dir, meta["tokenizer"]["vocab_size"], max_time=max_time,
                               train_tokens=train_tokens, seed=opts.seed, sample_every_eval=True,
                               progress=opts.progress, force=not resume, resume=resume)
-    print(f"recipe: {recipe.preset}, {recipe.tokenizer}, {cfg.optimizer}, dropout {cfg.model.dropout:g}, "
+    print(f"recipe: {recipe.preset}, {meta['tokenizer']['name']}, {cfg.optimizer}, dropout {cfg.model.dropout:g}, "
           f"weight decay {cfg.weight_decay:g} "
           f"(about {recipe.epochs(train_tokens, max_time):.1f} passes over {train_tokens:,} training tokens in "
           f"{opts.minutes:g} min on a 2-core CPU)", flush=True)

@@ -9,6 +9,7 @@
   the hub id google/gemma-3-270m when online.
 - bpe:N: a byte-level BPE with N ids trained by HF `tokenizers` on the training split
   (see `train_bpe`); saved as tokenizer.json next to the data and loaded again by path.
+  bpe:auto picks N from the training text's size (`auto_bpe_vocab`).
 
 `encode` never adds special tokens: prepare writes the end-of-text id between documents.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import os
 from pathlib import Path
@@ -29,10 +31,13 @@ GPT2_VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33
 GPT2_ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
 GEMMA3_HUB_ID = "google/gemma-3-270m"
 BPE_EOT = "<|endoftext|>"
+BPE_AUTO = "bpe:auto"  # bpe:N with N chosen from the training text's size (auto_bpe_vocab)
+AUTO_VOCAB = (512, 4096)  # bpe:auto's smallest and largest vocabulary
+AUTO_BYTES_PER_ID = 160  # bpe:auto: training text per id (docs/RECIPES.md, the data-size axis)
 # End-of-text candidates for tokenizer files, in order of preference.
 EOT_NAMES = ("<|endoftext|>", "<eos>", "</s>", "<|end_of_text|>", "<|im_end|>")
 BOS_NAMES = ("<bos>", "<s>", "<|begin_of_text|>")
-KNOWN = "gpt2, gemma3, bpe:N (e.g. bpe:4096) or a path to tokenizer.json / tokenizer.model"
+KNOWN = "gpt2, gemma3, bpe:N (e.g. bpe:4096), bpe:auto or a path to tokenizer.json / tokenizer.model"
 TOKENIZER_LIMIT = 256 << 20  # bytes: Gemma 3's tokenizer.json, the largest we know, has 33 MB
 
 
@@ -309,14 +314,46 @@ def train_bpe(docs: Iterator[str], vocab_size: int) -> HFTokenizer:
     return HFTokenizer(tok, name=f"bpe:{vocab_size}")
 
 
-def parse_bpe_spec(spec: str) -> int | None:
-    """`bpe:4096` -> 4096; anything else -> None."""
+def parse_bpe_spec(spec: str, train_bytes: int = 0) -> int | None:
+    """`bpe:4096` -> 4096; `bpe:auto` -> auto_bpe_vocab(train_bytes); anything else -> None."""
     if not spec.startswith("bpe:"):
         return None
+    if spec == BPE_AUTO:
+        return auto_bpe_vocab(train_bytes)
     try:
         return int(spec[4:])
     except ValueError:
-        raise TinyGemmaError(f"bad tokenizer {spec!r}: write bpe:N with an integer N, e.g. bpe:4096") from None
+        raise TinyGemmaError(f"bad tokenizer {spec!r}: write bpe:N with an integer N (e.g. bpe:4096) "
+                             "or bpe:auto") from None
+
+
+def auto_bpe_vocab(train_bytes: int) -> int:
+    """bpe:auto's vocabulary for `train_bytes` of training text: the largest power of two in
+    AUTO_VOCAB with at least AUTO_BYTES_PER_ID bytes of text per id.
+
+    A BPE learns merges until it has its ids, however little text it is trained on; on a small
+    text the last merges are words seen once or twice, and ids that later merges absorbed are
+    rarely or never seen as tokens (docs/RECIPES.md: trained on 190 KB of TinyStories, 8% of a
+    validation text's bpe:4096 tokens never occur in the training tokens, 0.02% of its bpe:1024
+    ones). Their embeddings, which are also the output head, never learn, and they cost bits
+    wherever they do occur. Capped at the 4,096 of the measured recipe."""
+    vocab = AUTO_VOCAB[0]
+    while vocab * 2 <= AUTO_VOCAB[1] and train_bytes >= vocab * 2 * AUTO_BYTES_PER_ID:
+        vocab *= 2
+    return vocab
+
+
+def auto_bpe_docs(docs: Iterator[str]) -> tuple[int, int, Iterator[str]]:
+    """bpe:auto's vocabulary for these documents, the bytes it counted (it stops counting once the
+    text is large enough for the largest vocabulary), and the documents again."""
+    enough = AUTO_VOCAB[1] * AUTO_BYTES_PER_ID
+    seen, n_bytes = [], 0
+    for doc in docs:
+        seen.append(doc)
+        n_bytes += len(doc.encode("utf-8"))
+        if n_bytes >= enough:
+            break
+    return auto_bpe_vocab(n_bytes), n_bytes, itertools.chain(seen, docs)
 
 
 # ---------------------------------------------------------------- lookup
@@ -329,7 +366,8 @@ def load_tokenizer(spec: str | dict | os.PathLike, base_dir: str | os.PathLike |
         return gpt2()
     if spec == "gemma3":
         return gemma3()
-    if parse_bpe_spec(spec) is not None:
+    if spec.startswith("bpe:"):
+        parse_bpe_spec(spec)  # a malformed bpe:N is its own error
         raise TinyGemmaError(f"{spec} is trained by `tinygemma prepare --tokenizer {spec}`; "
                              "load it by the tokenizer.json path saved next to the data")
     path = Path(spec)

@@ -274,6 +274,32 @@ def test_bpe_tokenizer_is_saved_next_to_the_data_and_round_trips(tmp_path):
     assert decode_docs(tmp_path / "out", "train") == TRAIN
 
 
+def test_bpe_auto_sizes_the_vocabulary_to_the_training_text(tmp_path, capsys, monkeypatch):
+    import tinygemma.tokenizer as tokenizer
+
+    text_bytes = sum(len(d.encode()) for d in TRAIN)
+    # scaled down so that these few KB ask for 1,024 ids (their BPE runs out of pairs before that) and half
+    # of them for 512
+    monkeypatch.setattr(tokenizer, "AUTO_BYTES_PER_ID", text_bytes // 1024)
+    assert tokenizer.auto_bpe_vocab(text_bytes) == 1024 and tokenizer.auto_bpe_vocab(text_bytes // 2) == 512
+    meta = prepare(PrepareOptions(source=str(write_txt(tmp_path / "t.txt", TRAIN)), tokenizer="bpe:auto",
+                                  val_source=str(write_txt(tmp_path / "val.txt", VAL)), out=tmp_path / "out",
+                                  num_proc=1, progress=False))
+    assert meta["tokenizer"]["name"] == "bpe:1024"
+    assert f"bpe:auto: {text_bytes:,} bytes of training text -> bpe:1024" in capsys.readouterr().err
+    assert decode_docs(tmp_path / "out", "train") == TRAIN
+    (tmp_path / "small").mkdir()
+    small = run(tmp_path / "small", write_txt(tmp_path / "s.txt", TRAIN[:25]), VAL, tokenizer="bpe:auto")
+    assert small["tokenizer"]["name"] == "bpe:512"
+
+
+def test_bpe_auto_rule_at_the_measured_sizes():
+    from tinygemma.tokenizer import auto_bpe_vocab
+
+    # the TinyStories story file (759 KB) and its halves and quarters (docs/RECIPES.md, the data-size axis)
+    assert [auto_bpe_vocab(n) for n in (50_000, 190_000, 380_000, 759_000, 500_000_000)] == [512, 1024, 2048, 4096, 4096]
+
+
 @pytest.mark.slow
 @pytest.mark.gguf
 def test_gemma3_vocab_chooses_uint32_and_round_trips(tmp_path):
