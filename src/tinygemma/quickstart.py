@@ -27,9 +27,12 @@ STATE_NAME = "quickstart.json"  # beside the model: {"status": "running" | "inte
 # Many passes over a small file overfit: without dropout the old recipe's validation loss turned up after
 # about 8 passes (docs/RECIPES.md). Past that, the recipe regularises: dropout 0.2 and weight decay 2.0. On the
 # TinyStories story files at ~50 passes, decay 2.0 and 4.0 scored best of 0.5-8 (4.0 by 0.5%, two seeds each);
-# in benchmarks/quality.py the quickstart scored 1.1366 at 2.0 and 1.1415 at 4.0, so 2.0. Fewer passes keep
-# Gemma 3's plain dropout 0, decay 0.1.
+# in benchmarks/quality.py the quickstart scored 1.1366 at 2.0 and 1.1415 at 4.0, so 2.0. Past DECAY_PASSES
+# the decay grows in proportion to the passes (AdamW's averaging horizon, 1 / (lr x decay) steps, then stays
+# the same share of a pass): on a quarter of that file (~156 passes), decay 2.0 overfit from ~20 passes on
+# and 8.0 did not (docs/RECIPES.md, the data-size axis). Fewer passes keep Gemma 3's plain dropout 0, decay 0.1.
 OVERFIT_EPOCHS = 8.0
+DECAY_PASSES = 45.0
 AUTO_DROPOUT = 0.2
 AUTO_WEIGHT_DECAY = 2.0
 BASE_WEIGHT_DECAY = 0.1
@@ -55,7 +58,7 @@ class Recipe:
         "lr_schedule=time", "max_iters=1000000000",  # the time budget (max_time) ends the run
     )
     dropout: float | None = None  # None: AUTO_DROPOUT when the budget repeats the data > OVERFIT_EPOCHS times, else 0
-    weight_decay: float | None = None  # None: AUTO_WEIGHT_DECAY past OVERFIT_EPOCHS passes, else BASE_WEIGHT_DECAY
+    weight_decay: float | None = None  # None: BASE_WEIGHT_DECAY, past OVERFIT_EPOCHS passes AUTO_WEIGHT_DECAY (more past DECAY_PASSES)
     tokens_per_s: float = 12_000  # this recipe's speed on a 2-core CPU (docs/RECIPES.md), to predict the epochs
 
     def epochs(self, train_tokens: int, max_time: float) -> float:
@@ -73,7 +76,9 @@ class Recipe:
     def weight_decay_for(self, train_tokens: int | None, max_time: float) -> float:
         if self.weight_decay is not None:
             return self.weight_decay
-        return AUTO_WEIGHT_DECAY if self.many_passes(train_tokens, max_time) else BASE_WEIGHT_DECAY
+        if not self.many_passes(train_tokens, max_time):
+            return BASE_WEIGHT_DECAY
+        return round(AUTO_WEIGHT_DECAY * max(1.0, self.epochs(train_tokens, max_time) / DECAY_PASSES), 2)
 
     def overrides(self, max_time: float, train_tokens: int | None = None) -> list[str]:
         """The recipe as `--set` assignments; a `model.dropout` or `weight_decay` in `sets` wins over the automatic one."""

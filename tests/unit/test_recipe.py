@@ -1,6 +1,6 @@
 """The quickstart recipe's regularisation follows how often the time budget repeats the training data."""
 
-from tinygemma.quickstart import AUTO_DROPOUT, AUTO_WEIGHT_DECAY, BASE_WEIGHT_DECAY, RECIPE, Recipe
+from tinygemma.quickstart import AUTO_DROPOUT, AUTO_WEIGHT_DECAY, BASE_WEIGHT_DECAY, DECAY_PASSES, RECIPE, Recipe
 
 
 def test_regularisation_only_when_the_budget_repeats_the_data_many_times():
@@ -28,3 +28,15 @@ def test_train_config_carries_the_regularisation_and_overrides_win():
     fixed = Recipe(sets=(*RECIPE.sets, "model.dropout=0.3", "weight_decay=0.5"))
     cfg = fixed.train_config("d", "o", 512, 600.0, train_tokens=5_000_000)
     assert cfg.model.dropout == 0.3 and cfg.weight_decay == 0.5
+
+
+def test_weight_decay_grows_with_the_passes_past_decay_passes():
+    ten_min = 600.0
+    story_file, quarter = 185_000, 54_000  # bpe:4096 tokens of the 759 KB story file; bpe:1024 ones of a quarter
+    assert RECIPE.epochs(story_file, ten_min) < DECAY_PASSES  # the whole file keeps the measured 2.0
+    assert RECIPE.weight_decay_for(story_file, ten_min) == AUTO_WEIGHT_DECAY
+    passes = RECIPE.epochs(quarter, ten_min)
+    assert passes > 2 * DECAY_PASSES
+    assert RECIPE.weight_decay_for(quarter, ten_min) == round(AUTO_WEIGHT_DECAY * passes / DECAY_PASSES, 2)
+    assert RECIPE.weight_decay_for(quarter // 2, ten_min) > RECIPE.weight_decay_for(quarter, ten_min) > 5.0
+    assert RECIPE.train_config("d", "o", 1024, ten_min, train_tokens=quarter).weight_decay > 5.0
