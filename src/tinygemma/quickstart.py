@@ -29,8 +29,8 @@ STATE_NAME = "quickstart.json"  # beside the model: {"status": "running" | "inte
 # TinyStories story files at ~50 passes, decay 2.0 and 4.0 scored best of 0.5-8 (4.0 by 0.5%, two seeds each);
 # in benchmarks/quality.py the quickstart scored 1.1366 at 2.0 and 1.1415 at 4.0, so 2.0. Past DECAY_PASSES
 # the decay grows in proportion to the passes (AdamW's averaging horizon, 1 / (lr x decay) steps, then stays
-# the same share of a pass): on a quarter of that file (~156 passes), decay 2.0 overfit from ~20 passes on
-# and 8.0 did not (docs/RECIPES.md, the data-size axis). Fewer passes keep Gemma 3's plain dropout 0, decay 0.1.
+# the same share of a pass): on every fourth story of that file (140-190 passes), decay 2.0 overfit from
+# ~20 passes on and 8.0 improved to the end (docs/RECIPES.md, the data-size axis). Fewer passes keep Gemma 3's plain dropout 0, decay 0.1.
 OVERFIT_EPOCHS = 8.0
 DECAY_PASSES = 45.0
 AUTO_DROPOUT = 0.2
