@@ -15,7 +15,7 @@ Two steps, because a 2-core machine is rarely quiet for hours:
     python benchmarks/recipes.py run --minutes 10 --speeds speeds.jsonl --results runs.jsonl \
         [--fraction 0.25] [--seed 2] [--only NAME ...]
 
-`--fraction F` trains on the first F of the train file's documents (the data-size axis).
+`--fraction F` trains on F of the train file's documents, evenly spaced through it (the data-size axis).
 Rows are appended to --results as JSON lines, and a finished (name, fraction, seed, minutes) is skipped,
 so an interrupted sweep continues where it stopped. `table` prints a results file as Markdown.
 `run --keep DIR` keeps each model; `ensemble --models DIR/a DIR/b ...` scores the average of their
@@ -120,9 +120,13 @@ def speed_class(sets: list[str]) -> str:
 
 
 def write_fraction(src: Path, fraction: float, out: Path) -> int:
-    """The first `fraction` of `src`'s SEPARATOR-separated documents, in the same format; returns their count."""
+    """`fraction` of `src`'s SEPARATOR-separated documents, evenly spaced through the file (every fourth for
+    0.25), in the same format; returns their count. Not the first ones: the story file's style drifts along
+    it (stories 750-850 are twice as long, with 7-10 paragraphs, like the validation stories), so its first
+    quarter or half is another distribution as well as less text."""
     docs = [d.strip() for d in src.read_text(encoding="utf-8").split(SEPARATOR) if d.strip()]
-    keep = docs[: max(1, round(len(docs) * fraction))]
+    n = max(1, round(len(docs) * fraction))
+    keep = [docs[int(i * len(docs) / n)] for i in range(n)]
     out.write_text(f"\n{SEPARATOR}\n".join(keep) + "\n", encoding="utf-8")
     return len(keep)
 
@@ -296,7 +300,8 @@ def table(rows: list[dict]) -> str:
     lines = ["| recipe | fraction | minutes | seed | params | val bpb, best | at the end | tokens | passes | best at step |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in sorted(rows, key=lambda r: (-r.get("fraction", 1), r["bpb_best"])):
-        lines.append(f"| {r['name']} | {r.get('fraction', 1):g} | {r.get('minutes', 10):g} | {r['seed']} | "
+        first = " (first)" if r.get("sample") == "first" else ""  # rows of 2026-12-08 before write_fraction spread them
+        lines.append(f"| {r['name']} | {r.get('fraction', 1):g}{first} | {r.get('minutes', 10):g} | {r['seed']} | "
                      f"{r['params'] / 1e6:.2f}M | "
                      f"{r['bpb_best']:.4f} | {r['bpb_last']:.4f} | {r['tokens_seen'] / 1e6:.2f}M | "
                      f"{r['passes']:.1f} | {r['best_step']} of {r['steps']} |")
@@ -313,13 +318,14 @@ def main() -> int:
     ap.add_argument("--reference", type=float, default=11_500.0,
                     help="speed: the old recipe's tokens/s in train() on a quiet machine (measured: docs/RECIPES.md)")
     ap.add_argument("--speeds", type=Path, default=Path("speeds.jsonl"), help="run: speeds measured by `speed`")
-    ap.add_argument("--fraction", type=float, default=1.0, help="run: train on this first fraction of the documents")
+    ap.add_argument("--fraction", type=float, default=1.0,
+                    help="run: train on this fraction of the documents, evenly spaced through the file")
     ap.add_argument("--seed", type=int, default=1337)
     ap.add_argument("--only", nargs="*", help="these candidate names only")
     ap.add_argument("--results", type=Path, default=Path("recipes.jsonl"), help="JSON lines, appended")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--models", type=Path, nargs="*", help="ensemble: folders kept by `run --keep`")
-    ap.add_argument("--keep", type=Path, help="run: keep each model and its data under KEEP/<name>-f<fraction>-s<seed>-m<minutes>")
+    ap.add_argument("--keep", type=Path, help="run: keep each model and its data under KEEP/<name>-f<fraction>even-s<seed>-m<minutes>")
     args = ap.parse_args()
     if args.mode == "table":
         print(table(read_rows(args.results)))
@@ -353,7 +359,7 @@ def main() -> int:
             return 0
         for name, cand in cands.items():
             if any(r["name"] == name and r["fraction"] == args.fraction and r["seed"] == args.seed
-                   and r.get("minutes", 10.0) == args.minutes for r in done):
+                   and r.get("minutes", 10.0) == args.minutes and r.get("sample", "even") == "even" for r in done):
                 continue
             speed = speeds.get(speed_class(cand["sets"]))
             if speed is None:
@@ -362,9 +368,9 @@ def main() -> int:
             tokens = math.floor(speed * args.minutes * 60)
             keep = None
             if args.keep:
-                keep = args.keep / f"{re.sub(r'[^a-z0-9.]+', '-', name.lower())}-f{args.fraction:g}-s{args.seed}-m{args.minutes:g}"
+                keep = args.keep / f"{re.sub(r'[^a-z0-9.]+', '-', name.lower())}-f{args.fraction:g}even-s{args.seed}-m{args.minutes:g}"
             row = {**run_one(name, cand, train_file, args.valid, work, tokens, args.seed, keep),
-                   "fraction": args.fraction, "assumed_tok_per_s": speed, "minutes": args.minutes}
+                   "fraction": args.fraction, "sample": "even", "assumed_tok_per_s": speed, "minutes": args.minutes}
             print(f"{name} (fraction {args.fraction:g}, seed {args.seed}): best {row['bpb_best']:.4f}, "
                   f"last {row['bpb_last']:.4f} bpb, {row['passes']:.1f} passes", flush=True)
             with args.results.open("a") as f:
