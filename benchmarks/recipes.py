@@ -122,7 +122,7 @@ def speed_class(sets: list[str]) -> str:
 def write_fraction(src: Path, fraction: float, out: Path) -> int:
     """`fraction` of `src`'s SEPARATOR-separated documents, evenly spaced through the file (every fourth for
     0.25), in the same format; returns their count. Not the first ones: the story file's style drifts along
-    it (stories 750-850 are twice as long, with 7-10 paragraphs, like the validation stories), so its first
+    it (stories 750-850 are about twice as long, with 8-11 paragraphs, like the validation stories), so its first
     quarter or half is another distribution as well as less text."""
     docs = [d.strip() for d in src.read_text(encoding="utf-8").split(SEPARATOR) if d.strip()]
     n = max(1, round(len(docs) * fraction))
@@ -271,18 +271,14 @@ def ensemble_bpb(model_dirs: list[Path], data_dir: Path, block_size: int, batch_
     each model's own figure from the same pass."""
     from tinygemma.checkpoint import load_model
     from tinygemma.data import load_split, read_meta, start_token
-    from tinygemma.evaluate import _batch, _windows
+    from tinygemma.evaluate import scored_batches
 
     meta = read_meta(data_dir)
     models = [load_model(d)[0].eval() for d in model_dirs]
-    ids = torch.as_tensor(load_split(data_dir, "validation").astype("int64"))
     start = start_token(meta["tokenizer"].get("bos_id"), meta["tokenizer"]["eot_id"])
-    if int(ids[0]) != start:
-        ids = torch.cat((torch.tensor([start]), ids))
-    windows = _windows(len(ids) - 1, block_size, block_size)
+    _, batches = scored_batches(load_split(data_dir, "validation"), start, block_size, batch_size, block_size)
     each, total = [0.0] * len(models), 0.0
-    for i in range(0, len(windows), batch_size):
-        x, y = _batch(ids, windows[i : i + batch_size], block_size, pad_id=start)
+    for x, y in batches:
         keep = y != -1
         logp = torch.stack([m(x)[0].float().log_softmax(-1)[keep].gather(-1, y[keep][:, None])[:, 0] for m in models])
         each = [e - float(lp.double().sum()) for e, lp in zip(each, logp)]

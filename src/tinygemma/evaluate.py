@@ -94,11 +94,9 @@ def _batch(ids: torch.Tensor, windows, block_size: int, pad_id: int):
     return x, y
 
 
-def evaluate_tokens(model, tokens, n_bytes: int, start_id: int, block_size: int = 256, batch_size: int = 8,
-                    device="cpu", stride: int | None = None) -> dict:
-    """Loss (nats/token), perplexity and bits per byte of a packed stream `tokens` (1-D ids) read after
-    `start_id` (put in front unless the stream opens with it), in strided windows."""
-    stride = block_size if stride is None else stride
+def scored_batches(tokens, start_id: int, block_size: int, batch_size: int, stride: int):
+    """The evaluator's reading of a packed stream: (number of scored targets, an iterator of (x, y) batches),
+    `start_id` put in front unless the stream opens with it, strided windows, -1 on unscored targets."""
     if not 0 < stride <= block_size:
         raise TinyGemmaError(f"stride must be in 1..block_size ({block_size}), got {stride}")
     ids = torch.as_tensor(np.asarray(tokens, dtype=np.int64))
@@ -107,11 +105,21 @@ def evaluate_tokens(model, tokens, n_bytes: int, start_id: int, block_size: int 
     n_scored = len(ids) - 1
     if n_scored < 1:
         raise TinyGemmaError("nothing to evaluate: the text has no tokens")
-    total = 0.0
     windows = _windows(n_scored, block_size, stride)
+    batches = (_batch(ids, windows[i : i + batch_size], block_size, pad_id=start_id)
+               for i in range(0, len(windows), batch_size))
+    return n_scored, batches
+
+
+def evaluate_tokens(model, tokens, n_bytes: int, start_id: int, block_size: int = 256, batch_size: int = 8,
+                    device="cpu", stride: int | None = None) -> dict:
+    """Loss (nats/token), perplexity and bits per byte of a packed stream `tokens` (1-D ids) read after
+    `start_id` (put in front unless the stream opens with it), in strided windows."""
+    stride = block_size if stride is None else stride
+    n_scored, batches = scored_batches(tokens, start_id, block_size, batch_size, stride)
+    total = 0.0
     with _eval_mode(model):
-        for i in range(0, len(windows), batch_size):
-            x, y = _batch(ids, windows[i : i + batch_size], block_size, pad_id=start_id)
+        for x, y in batches:
             total += nll_sum(model, x.to(device), y.to(device))[0]
     loss = total / n_scored
     return {"loss": loss, "ppl": math.exp(min(loss, 700.0)), "bpb": total / math.log(2) / max(n_bytes, 1),
